@@ -1,0 +1,158 @@
+"""YAML job configs loaded into frozen dataclasses.
+
+:func:`load_config` checks a YAML file against a dataclass declared with type hints:
+an unknown key, a missing required key or a value of the wrong type is a
+:class:`~sparkml_prod.errors.ConfigError` naming the file, the dotted key and what was
+expected. Fields with defaults are optional; fields without are required.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+import yaml
+
+from sparkml_prod.errors import ConfigError
+
+__all__ = ["load_config", "from_mapping", "GenerateConfig"]
+
+T = TypeVar("T")
+
+
+def load_config(path: str | Path, schema: type[T]) -> T:
+    """Read the YAML file at ``path`` into the frozen dataclass ``schema``.
+
+    Examples
+    --------
+    >>> from sparkml_prod.config import GenerateConfig, load_config
+    >>> load_config("conf/generate.yaml", GenerateConfig).spec.n_users  # doctest: +SKIP
+    10000
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from exc
+    return from_mapping(data if data is not None else {}, schema, source=str(path))
+
+
+def from_mapping(data: Any, schema: type[T], source: str = "<config>", prefix: str = "") -> T:
+    """Build the dataclass ``schema`` from a parsed mapping, checking every key."""
+    where = f"key '{prefix}'" if prefix else "the top level"
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: {where} must be a mapping of {schema.__name__} settings, "
+            f"got {type(data).__name__} {data!r}."
+        )
+    fields = {f.name: f for f in dataclasses.fields(schema)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key '{_join(prefix, unknown[0])}'; "
+            f"expected one of: {', '.join(sorted(fields))}."
+        )
+    hints = typing.get_type_hints(schema)
+    values = {}
+    for name, field in fields.items():
+        key = _join(prefix, name)
+        if name not in data:
+            required = (
+                field.default is dataclasses.MISSING
+                and field.default_factory is dataclasses.MISSING
+            )
+            if required:
+                raise ConfigError(f"{source}: missing required key '{key}' ({_describe(hints[name])}).")
+            continue
+        values[name] = _convert(data[name], hints[name], source, key)
+    return schema(**values)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(tp))
+    if origin in (list, tuple):
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"a mapping to {_describe(typing.get_args(tp)[1])}"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping of {tp.__name__} settings"
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             dt.date: "a date (YYYY-MM-DD)", dt.datetime: "a timestamp", type(None): "null"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _convert(value, arg, source, key)
+            except ConfigError:
+                continue
+        raise _type_error(value, tp, source, key)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _type_error(value, tp, source, key)
+    if dataclasses.is_dataclass(tp):
+        return from_mapping(value, tp, source, key)  # type: ignore[arg-type]
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise _type_error(value, tp, source, key)
+        (item,) = typing.get_args(tp)[:1]
+        items = [_convert(v, item, source, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _type_error(value, tp, source, key)
+        _, item = typing.get_args(tp)
+        return {str(k): _convert(v, item, source, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is dt.date and isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    if tp is dt.datetime and isinstance(value, dt.date):
+        if isinstance(value, dt.datetime):
+            return value
+        return dt.datetime(value.year, value.month, value.day)
+    if tp in (str, int, bool, float) and type(value) is tp:
+        return value
+    raise _type_error(value, tp, source, key)
+
+
+def _type_error(value: Any, tp: Any, source: str, key: str) -> ConfigError:
+    return ConfigError(
+        f"{source}: key '{key}' must be {_describe(tp)}, got {type(value).__name__} {value!r}."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+    """``sparkml-prod generate``: where to write the synthetic tables, and their size.
+
+    ``users_table``, ``user_attributes_table`` and ``events_table`` are table references
+    (a path, ``delta.`/path```, or a catalog name); see :mod:`sparkml_prod.tables`.
+    """
+
+    users_table: str
+    user_attributes_table: str
+    events_table: str
+    n_users: int = 10_000
+    start: dt.date = dt.date(2023, 1, 1)
+    end: dt.date = dt.date(2024, 7, 1)
+    seed: int = 42
+    events_per_user_per_day: float = 0.3

@@ -1,0 +1,35 @@
+"""Every exception the library raises on bad input, in one place.
+
+Each message names what was wrong (file, key, table, column), what was expected,
+what was found, and the fix where there is one.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SparkmlProdError",
+    "ConfigError",
+    "SchemaError",
+    "TableNotFoundError",
+    "EmptyResultError",
+]
+
+
+class SparkmlProdError(Exception):
+    """Base class of the library's errors."""
+
+
+class ConfigError(SparkmlProdError, ValueError):
+    """A job config file is missing, malformed, or has an unknown, missing or mistyped key."""
+
+
+class SchemaError(SparkmlProdError, ValueError):
+    """A table lacks a required column, or a column has the wrong type."""
+
+
+class TableNotFoundError(SparkmlProdError, ValueError):
+    """A table named by path or by catalog name does not exist."""
+
+
+class EmptyResultError(SparkmlProdError, ValueError):
+    """A job would write an empty result over existing output."""

@@ -1,0 +1,28 @@
+"""One local SparkSession (with Delta) shared by the whole test session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from pyspark.sql import SparkSession
+
+from sparkml_prod.session import get_spark
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    session = get_spark(
+        app_name="sparkml-prod-tests",
+        master="local[2]",
+        ui=False,
+        conf={
+            "spark.sql.shuffle.partitions": "2",
+            "spark.default.parallelism": "2",
+            "spark.sql.warehouse.dir": str(warehouse),
+            "spark.driver.memory": "4g",
+        },
+    )
+    yield session
+    session.stop()
