@@ -100,7 +100,7 @@ def require_columns(
 
     ``required`` maps a column name to a Spark SQL type name (``"bigint"``,
     ``"timestamp"``, ``"string"``), or to a sequence of accepted names (``NUMERIC``);
-    ``decimal`` accepts any precision. Only the schema is read: no Spark job runs.
+    ``decimal`` accepts any precision, and an empty sequence any type. Only the schema is read: no Spark job runs.
 
     Raises
     ------
@@ -118,7 +118,7 @@ def require_columns(
     for name, accepted in required.items():
         options = (accepted,) if isinstance(accepted, str) else tuple(accepted)
         found = present[name]
-        if not any(found == o or found.startswith(f"{o}(") for o in options):
+        if options and not any(found == o or found.startswith(f"{o}(") for o in options):
             raise SchemaError(
                 f"Table '{table}' column '{name}' has type {found}; expected "
                 f"{' or '.join(options)}. Columns present: {listing}."

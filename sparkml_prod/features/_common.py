@@ -1,0 +1,238 @@
+"""Params and source handling shared by the feature stages.
+
+Every stage reads its events from a *source*: a table reference (see
+:mod:`sparkml_prod.tables`) kept as a plain string Param, so it saves with the model and a
+scoring job can point it at the production table with ``setSourceTable``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from sparkml_prod.errors import SchemaError
+from sparkml_prod.tables import read_table, require_columns
+
+log = logging.getLogger("sparkml_prod.features")
+
+TIMESTAMP_TYPES = ("timestamp", "timestamp_ntz", "date")
+_WINDOW = re.compile(r"^([1-9][0-9]*)([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_window(window: str, owner: str = "WindowAggregates", param: str = "windows") -> int:
+    """Length of a window string such as ``"7d"`` in microseconds.
+
+    Units: ``s`` seconds, ``m`` minutes, ``h`` hours, ``d`` days, ``w`` weeks.
+    """
+    match = _WINDOW.match(window) if isinstance(window, str) else None
+    if match is None:
+        raise ValueError(
+            f"The '{param}' parameter of {owner} must be a list of windows such as "
+            f"'7d', '12h' or '2w' (a positive integer and one of s, m, h, d, w). "
+            f"Got {window!r} instead."
+        )
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)] * 1_000_000
+
+
+def to_identifier(value: str, owner: str, param: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(
+            f"The '{param}' parameter of {owner} must be a name of letters, digits and "
+            f"underscores. Got {value!r} instead."
+        )
+    return value
+
+
+def to_filters(value: Any) -> dict[str, str]:
+    """Type converter of ``filters``: a mapping of filter name to a SQL condition."""
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and _NAME.match(k) and isinstance(v, str) and v.strip()
+        for k, v in value.items()
+    ):
+        raise TypeError(
+            "The 'filters' parameter must be a mapping of names (letters, digits, "
+            "underscores) to SQL conditions, e.g. {'purchase': \"event_type = 'purchase'\"}. "
+            f"Got {value!r} instead."
+        )
+    return dict(value)
+
+
+class HasSpineKeys(Params):
+    """The spine's entity and as-of columns."""
+
+    entityCol: Param[str] = Param(
+        Params._dummy(), "entityCol", "entity id column of the spine", TypeConverters.toString
+    )
+    asOfCol: Param[str] = Param(
+        Params._dummy(),
+        "asOfCol",
+        "as-of column of the spine (timestamp or date); events at exactly as-of are not seen",
+        TypeConverters.toString,
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._setDefault(entityCol="user_id", asOfCol="as_of")
+
+    def getEntityCol(self) -> str:
+        return self.getOrDefault(self.entityCol)
+
+    def setEntityCol(self, value: str) -> Any:
+        return self._set(entityCol=value)
+
+    def getAsOfCol(self) -> str:
+        return self.getOrDefault(self.asOfCol)
+
+    def setAsOfCol(self, value: str) -> Any:
+        return self._set(asOfCol=value)
+
+
+class HasSource(Params):
+    """A source table of events, its entity column and its time column."""
+
+    sourceTable: Param[str] = Param(
+        Params._dummy(),
+        "sourceTable",
+        "table reference of the source: a path, delta.`path`, a catalog table or a view",
+        TypeConverters.toString,
+    )
+    sourceEntityCol: Param[str] = Param(
+        Params._dummy(),
+        "sourceEntityCol",
+        "entity id column of the source (default: the spine's entityCol)",
+        TypeConverters.toString,
+    )
+    timestampCol: Param[str] = Param(
+        Params._dummy(), "timestampCol", "event time column of the source", TypeConverters.toString
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._setDefault(timestampCol="event_time")
+
+    def getSourceTable(self) -> str:
+        return self.getOrDefault(self.sourceTable)
+
+    def setSourceTable(self, value: str) -> Any:
+        return self._set(sourceTable=value)
+
+    def getSourceEntityCol(self) -> str:
+        if self.isDefined(self.sourceEntityCol):
+            return self.getOrDefault(self.sourceEntityCol)
+        return self.getOrDefault("entityCol")  # type: ignore[no-any-return]
+
+    def setSourceEntityCol(self, value: str) -> Any:
+        return self._set(sourceEntityCol=value)
+
+    def getTimestampCol(self) -> str:
+        return self.getOrDefault(self.timestampCol)
+
+    def setTimestampCol(self, value: str) -> Any:
+        return self._set(timestampCol=value)
+
+
+def require_source_param(stage: Params) -> str:
+    if not stage.isDefined("sourceTable"):
+        raise ValueError(
+            f"The 'sourceTable' parameter of {type(stage).__name__} must be set to a table "
+            "reference (a path, delta.`path`, a catalog table or a view). It is not set."
+        )
+    return stage.getOrDefault("sourceTable")  # type: ignore[no-any-return]
+
+
+def check_spine(spine: DataFrame, entity: str, as_of: str, owner: str) -> None:
+    """The spine must have the entity column and a timestamp or date as-of column."""
+    require_columns(spine, {as_of: TIMESTAMP_TYPES}, table=f"spine of {owner}")
+    if entity not in spine.columns:
+        require_columns(spine, {entity: ()}, table=f"spine of {owner}")
+
+
+def check_outputs_are_new(spine: DataFrame, outputs: Sequence[str], owner: str) -> None:
+    clashes = [name for name in outputs if name in spine.columns]
+    if clashes:
+        raise SchemaError(
+            f"{owner} would add column(s) {', '.join(clashes)} that the spine already has; "
+            "drop them from the spine or set outputPrefix."
+        )
+
+
+def micros(col: str | Column) -> Column:
+    """Microseconds since the epoch of a timestamp, timestamp_ntz or date column."""
+    column = F.col(col) if isinstance(col, str) else col
+    return F.unix_micros(column.cast("timestamp"))
+
+
+def read_source(
+    spark: SparkSession,
+    ref: str,
+    entity: str,
+    timestamp: str,
+    other: Mapping[str, Any],
+    owner: str,
+) -> DataFrame:
+    """The source with its columns checked: entity present, timestamp a time type, others."""
+    required: dict[str, Any] = {timestamp: TIMESTAMP_TYPES, **other}
+    source = read_table(spark, ref, required=required)
+    if entity not in source.columns:
+        require_columns(source, {entity: ()}, table=ref)
+    return source
+
+
+def exclude_null_keys(source: DataFrame, entity: str, timestamp: str, ref: str, owner: str) -> DataFrame:
+    """Drop source rows with a null entity or time, logging how many were dropped.
+
+    The count is a separate, cheap job: Delta's per-file null counts let it skip every
+    file that has no null key.
+    """
+    is_null_key = F.col(entity).isNull() | F.col(timestamp).isNull()
+    excluded = source.filter(is_null_key).count()
+    if excluded:
+        log.warning(
+            "%s: excluded %d row(s) of source '%s' with a null %s or %s",
+            owner, excluded, ref, entity, timestamp,
+        )
+    return source.filter(~is_null_key)
+
+
+def spine_time_range(spine: DataFrame, as_of: str) -> tuple[int | None, int | None]:
+    """Smallest and largest as-of of the spine, in microseconds (None for an empty spine)."""
+    row = spine.agg(F.min(micros(as_of)), F.max(micros(as_of))).head()
+    return (row[0], row[1]) if row is not None else (None, None)
+
+
+def check_filters(source: DataFrame, filters: Mapping[str, str], ref: str, owner: str) -> None:
+    """Each named filter must be a valid condition on the source (checked without a job)."""
+    for name, condition in filters.items():
+        try:
+            source.select(F.expr(condition).cast("boolean")).schema
+        except Exception as exc:  # analysis errors: an unknown column, bad SQL
+            raise ValueError(
+                f"Filter '{name}' ({condition}) of {owner} is not a valid condition on "
+                f"source '{ref}' (columns: {', '.join(source.columns)}): "
+                f"{str(exc).strip().splitlines()[0]}"
+            ) from None
+
+
+def prune_to(source: DataFrame, timestamp: str, start: int | None, end: int) -> DataFrame:
+    """Keep rows with ``start <= time < end`` (microseconds; ``start`` None: no lower bound).
+
+    Bounds on a timestamp column are also given as literals on the raw column, so they
+    reach Delta's data skipping and partition filters.
+    """
+    exact = micros(timestamp) < F.lit(end)
+    if start is not None:
+        exact = exact & (micros(timestamp) >= F.lit(start))
+    if dict(source.dtypes)[timestamp] != "timestamp":
+        return source.where(exact)
+    bounds = F.col(timestamp) < F.timestamp_micros(F.lit(end))
+    if start is not None:
+        bounds = bounds & (F.col(timestamp) >= F.timestamp_micros(F.lit(start)))
+    return source.where(bounds & exact)
