@@ -30,6 +30,7 @@ $(JARS): $(INSTALLED)
 
 demo: setup
 	$(VENV)/bin/sparkml-prod generate --config conf/generate.yaml
+	$(VENV)/bin/sparkml-prod features --config conf/features_job.yaml
 	@echo "Delta tables written under $(CURDIR)/demo-output/tables"
 
 test: setup

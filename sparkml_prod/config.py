@@ -19,7 +19,7 @@ import yaml
 
 from sparkml_prod.errors import ConfigError
 
-__all__ = ["load_config", "from_mapping", "GenerateConfig"]
+__all__ = ["load_config", "from_mapping", "GenerateConfig", "SpineConfig", "FeaturesConfig"]
 
 T = TypeVar("T")
 
@@ -48,7 +48,8 @@ def from_mapping(data: Any, schema: type[T], source: str = "<config>", prefix: s
     where = f"key '{prefix}'" if prefix else "the top level"
     if not isinstance(data, dict):
         raise ConfigError(
-            f"{source}: {where} must be a mapping of {schema.__name__} settings, "
+            f"{source}: {where} must be a mapping of "
+            f"{getattr(schema, '__name__', schema)} settings, "
             f"got {type(data).__name__} {data!r}."
         )
     fields = {f.name: f for f in dataclasses.fields(schema)}  # type: ignore[arg-type]
@@ -68,7 +69,9 @@ def from_mapping(data: Any, schema: type[T], source: str = "<config>", prefix: s
                 and field.default_factory is dataclasses.MISSING
             )
             if required:
-                raise ConfigError(f"{source}: missing required key '{key}' ({_describe(hints[name])}).")
+                raise ConfigError(
+                    f"{source}: missing required key '{key}' ({_describe(hints[name])})."
+                )
             continue
         values[name] = _convert(data[name], hints[name], source, key)
     return schema(**values)
@@ -87,9 +90,16 @@ def _describe(tp: Any) -> str:
     if origin is dict:
         return f"a mapping to {_describe(typing.get_args(tp)[1])}"
     if dataclasses.is_dataclass(tp):
-        return f"a mapping of {tp.__name__} settings"
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-             dt.date: "a date (YYYY-MM-DD)", dt.datetime: "a timestamp", type(None): "null"}
+        return f"a mapping of {getattr(tp, '__name__', tp)} settings"
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        dt.date: "a date (YYYY-MM-DD)",
+        dt.datetime: "a timestamp",
+        type(None): "null",
+    }
     return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -156,3 +166,28 @@ class GenerateConfig:
     end: dt.date = dt.date(2024, 7, 1)
     seed: int = 42
     events_per_user_per_day: float = 0.3
+
+
+@dataclasses.dataclass(frozen=True)
+class SpineConfig:
+    """Which ``(entity, as_of)`` rows to build: entities active in a lookback before each date."""
+
+    source: str
+    as_of_dates: list[dt.date]
+    lookback: str = "90d"
+    entity_col: str = "user_id"
+    timestamp_col: str = "event_time"
+
+
+@dataclasses.dataclass(frozen=True)
+class FeaturesConfig:
+    """``sparkml-prod features``: build the feature matrix of a spine and write it.
+
+    ``sources`` maps the source names of the feature spec to table references;
+    ``spine.source`` may be such a name too.
+    """
+
+    feature_spec: str
+    sources: dict[str, str]
+    spine: SpineConfig
+    output_table: str

@@ -47,7 +47,7 @@ def is_path(ref: str) -> bool:
 
 
 def table_path(ref: str) -> str:
-    """The storage path of a path reference (``delta.`/p``` or ``/p``); local paths made absolute."""
+    """The storage path of a path reference (``delta.`/p``` or ``/p``), local ones absolute."""
     if ref.startswith("delta.`") and ref.endswith("`"):
         ref = ref[len("delta.`") : -1]
     if "://" in ref or ref.startswith("file:"):
@@ -100,7 +100,8 @@ def require_columns(
 
     ``required`` maps a column name to a Spark SQL type name (``"bigint"``,
     ``"timestamp"``, ``"string"``), or to a sequence of accepted names (``NUMERIC``);
-    ``decimal`` accepts any precision, and an empty sequence any type. Only the schema is read: no Spark job runs.
+    ``decimal`` accepts any precision, and an empty sequence any type. Only the schema
+    is read: no Spark job runs.
 
     Raises
     ------
@@ -179,6 +180,10 @@ def delta_version(spark: SparkSession, ref: str) -> int:
     from delta.tables import DeltaTable
 
     table = (
-        DeltaTable.forPath(spark, table_path(ref)) if is_path(ref) else DeltaTable.forName(spark, ref)
+        DeltaTable.forPath(spark, table_path(ref))
+        if is_path(ref)
+        else DeltaTable.forName(spark, ref)
     )
-    return int(table.history(1).select("version").head()[0])
+    latest = table.history(1).select("version").head()
+    assert latest is not None, f"Delta table '{ref}' has no history"
+    return int(latest[0])

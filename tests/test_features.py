@@ -81,8 +81,7 @@ def test_window_boundaries_by_hand(spark: SparkSession, events: str, spine: Data
             # as of the 3rd: the 3rd itself is not seen; the two duplicates a second before are
             (1, T(2024, 3, 3), 0, 2, 2, 60.0, 60.0, 30.0, 30.0, 1, 1),
         ],
-        SPINE_SCHEMA
-        + ", event_count_1d long, event_count_7d long, amount_sum_purchase_1d double,"
+        SPINE_SCHEMA + ", event_count_1d long, event_count_7d long, amount_sum_purchase_1d double,"
         " amount_sum_purchase_7d double, amount_max_1d double, amount_max_7d double,"
         " session_id_count_distinct_1d long, session_id_count_distinct_7d long",
     )
@@ -90,7 +89,9 @@ def test_window_boundaries_by_hand(spark: SparkSession, events: str, spine: Data
 
 
 def test_recency_boundaries_by_hand(spark: SparkSession, events: str, spine: DataFrame) -> None:
-    out = Recency(sourceTable=events, filters={"purchase": "event_type = 'purchase'"}).transform(spine)
+    out = Recency(sourceTable=events, filters={"purchase": "event_type = 'purchase'"}).transform(
+        spine
+    )
     second = 1 / 86400
     expected = spark.createDataFrame(
         [
@@ -99,8 +100,7 @@ def test_recency_boundaries_by_hand(spark: SparkSession, events: str, spine: Dat
             (3, AS_OF, 0, None, None, None, None),
             (1, T(2024, 3, 3), 0, second, second, second, second),
         ],
-        SPINE_SCHEMA
-        + ", days_since_last_event double, days_since_first_event double,"
+        SPINE_SCHEMA + ", days_since_last_event double, days_since_first_event double,"
         " days_since_last_purchase double, days_since_first_purchase double",
     )
     assert_df_equality(
@@ -119,7 +119,9 @@ def test_recency_boundaries_by_hand(spark: SparkSession, events: str, spine: Dat
     assert_df_equality(windowed, expected, ignore_row_order=True, ignore_nullable=True)
 
 
-def test_lookup_takes_latest_row_strictly_before_as_of(spark: SparkSession, spine: DataFrame) -> None:
+def test_lookup_takes_latest_row_strictly_before_as_of(
+    spark: SparkSession, spine: DataFrame
+) -> None:
     spark.createDataFrame(
         [
             (1, T(2024, 1, 1), "free", "US"),
@@ -142,21 +144,32 @@ def test_lookup_takes_latest_row_strictly_before_as_of(spark: SparkSession, spin
         ],
         SPINE_SCHEMA + ", plan string, country string",
     )
-    assert_df_equality(stage.transform(spine), expected, ignore_row_order=True, ignore_nullable=True)
+    assert_df_equality(
+        stage.transform(spine), expected, ignore_row_order=True, ignore_nullable=True
+    )
 
 
 def test_date_as_of_and_duplicate_spine_rows(spark: SparkSession, events: str) -> None:
     spine = spark.createDataFrame(
-        [(1, dt.date(2024, 3, 10), "a"), (1, dt.date(2024, 3, 10), "b"), (None, dt.date(2024, 3, 10), "c")],
+        [
+            (1, dt.date(2024, 3, 10), "a"),
+            (1, dt.date(2024, 3, 10), "b"),
+            (None, dt.date(2024, 3, 10), "c"),
+        ],
         "user_id long, as_of date, tag string",
     )
     stage = WindowAggregates(sourceTable=events, windows=["1d"], aggregations=[{"agg": "count"}])
     expected = spark.createDataFrame(
-        [(1, dt.date(2024, 3, 10), "a", 2), (1, dt.date(2024, 3, 10), "b", 2),
-         (None, dt.date(2024, 3, 10), "c", None)],
+        [
+            (1, dt.date(2024, 3, 10), "a", 2),
+            (1, dt.date(2024, 3, 10), "b", 2),
+            (None, dt.date(2024, 3, 10), "c", None),
+        ],
         "user_id long, as_of date, tag string, event_count_1d long",
     )
-    assert_df_equality(stage.transform(spine), expected, ignore_row_order=True, ignore_nullable=True)
+    assert_df_equality(
+        stage.transform(spine), expected, ignore_row_order=True, ignore_nullable=True
+    )
 
 
 def test_output_names_are_documented_and_stable() -> None:
@@ -173,26 +186,41 @@ def test_output_names_are_documented_and_stable() -> None:
         outputPrefix="ev_",
     )
     assert stage.outputColumns() == [
-        "ev_purchase_count_7d", "ev_purchase_count_30d",
-        "ev_amount_sum_purchase_7d", "ev_amount_sum_purchase_30d",
-        "ev_event_type_add_to_cart_count_7d", "ev_event_type_add_to_cart_count_30d",
-        "ev_event_type_page_view_count_7d", "ev_event_type_page_view_count_30d",
-        "ev_session_id_count_distinct_7d", "ev_session_id_count_distinct_30d",
+        "ev_purchase_count_7d",
+        "ev_purchase_count_30d",
+        "ev_amount_sum_purchase_7d",
+        "ev_amount_sum_purchase_30d",
+        "ev_event_type_add_to_cart_count_7d",
+        "ev_event_type_add_to_cart_count_30d",
+        "ev_event_type_page_view_count_7d",
+        "ev_event_type_page_view_count_30d",
+        "ev_session_id_count_distinct_7d",
+        "ev_session_id_count_distinct_30d",
     ]
 
 
-def test_one_scan_of_the_source_and_no_expand(spark: SparkSession, tmp_path: Path, spine: DataFrame) -> None:
+def test_one_scan_of_the_source_and_no_expand(
+    spark: SparkSession, tmp_path: Path, spine: DataFrame
+) -> None:
     source = str(tmp_path / "events")
-    write_table(spark.createDataFrame(EVENTS[:7], EVENTS_SCHEMA).withColumnRenamed("amount", "amount"), source)
+    write_table(
+        spark.createDataFrame(EVENTS[:7], EVENTS_SCHEMA).withColumnRenamed("amount", "amount"),
+        source,
+    )
     stage = WindowAggregates(
         sourceTable=source,
         windows=["1d", "7d", "30d"],
         filters={"purchase": "event_type = 'purchase'", "view": "event_type = 'page_view'"},
         aggregations=[
-            {"agg": "count"}, {"agg": "count", "filter": "purchase"}, {"agg": "count", "filter": "view"},
-            {"agg": "sum", "column": "amount"}, {"agg": "mean", "column": "amount"},
-            {"agg": "min", "column": "amount"}, {"agg": "max", "column": "amount"},
-            {"agg": "stddev", "column": "amount"}, {"agg": "count", "column": "amount"},
+            {"agg": "count"},
+            {"agg": "count", "filter": "purchase"},
+            {"agg": "count", "filter": "view"},
+            {"agg": "sum", "column": "amount"},
+            {"agg": "mean", "column": "amount"},
+            {"agg": "min", "column": "amount"},
+            {"agg": "max", "column": "amount"},
+            {"agg": "stddev", "column": "amount"},
+            {"agg": "count", "column": "amount"},
             {"agg": "count_distinct", "column": "session_id"},
             {"agg": "count_distinct", "column": "session_id", "filter": "purchase"},
             {"agg": "count_distinct", "column": "event_type"},
@@ -220,17 +248,28 @@ def test_every_stage_round_trips_inside_a_pipeline_model(
     write_table(spark.createDataFrame(EVENTS, EVENTS_SCHEMA), source)
     attributes = str(tmp_path / "attributes")
     write_table(
-        spark.createDataFrame([(1, T(2024, 1, 1), "free"), (2, T(2024, 1, 1), "plus")],
-                              "user_id long, valid_from timestamp, plan string"),
+        spark.createDataFrame(
+            [(1, T(2024, 1, 1), "free"), (2, T(2024, 1, 1), "plus")],
+            "user_id long, valid_from timestamp, plan string",
+        ),
         attributes,
     )
     stages = [
         aggregates(source),
-        Recency(sourceTable=source, filters={"purchase": "event_type = 'purchase'"}, lookback="30d"),
+        Recency(
+            sourceTable=source, filters={"purchase": "event_type = 'purchase'"}, lookback="30d"
+        ),
         PointInTimeLookup(sourceTable=attributes, attributeCols=["plan"]),
-        *build_feature_stages({"stages": [
-            {"type": "ratios", "ratios": {"count_ratio": ["event_count_1d", "event_count_7d"]}},
-        ]}),
+        *build_feature_stages(
+            {
+                "stages": [
+                    {
+                        "type": "ratios",
+                        "ratios": {"count_ratio": ["event_count_1d", "event_count_7d"]},
+                    },
+                ]
+            }
+        ),
         categorical_indexer(["plan"]),
     ]
     in_memory, loaded, path = round_trip(stages, spine, tmp_path)
@@ -249,26 +288,40 @@ def test_every_stage_round_trips_inside_a_pipeline_model(
     elsewhere = str(tmp_path / "elsewhere")
     result = subprocess.run(
         [sys.executable, "-c", script, path, repr(SPINE), SPINE_SCHEMA, elsewhere],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert_df_equality(
-        spark.read.format("delta").load(elsewhere), in_memory,
-        ignore_row_order=True, allow_nan_equality=True, ignore_nullable=True,
+        spark.read.format("delta").load(elsewhere),
+        in_memory,
+        ignore_row_order=True,
+        allow_nan_equality=True,
+        ignore_nullable=True,
     )
 
 
 def test_ratios_give_null_for_a_zero_denominator(spark: SparkSession) -> None:
-    (stage,) = build_feature_stages({"stages": [
-        {"type": "ratios", "ratios": {"share": ["a", "b"]}},
-        ]})
+    (stage,) = build_feature_stages(
+        {
+            "stages": [
+                {"type": "ratios", "ratios": {"share": ["a", "b"]}},
+            ]
+        }
+    )
     df = spark.createDataFrame([(1, 2), (3, 0), (0, 0)], "a long, b long")
-    expected = spark.createDataFrame([(1, 2, 0.5), (3, 0, None), (0, 0, None)], "a long, b long, share double")
+    expected = spark.createDataFrame(
+        [(1, 2, 0.5), (3, 0, None), (0, 0, None)], "a long, b long, share double"
+    )
     assert_df_equality(stage.transform(df), expected, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_categorical_index_survives_unseen_categories(spark: SparkSession) -> None:
-    train = spark.createDataFrame([("US",), ("US",), ("GB",), ("DE",), ("DE",), ("DE",)], "country string")
+    train = spark.createDataFrame(
+        [("US",), ("US",), ("GB",), ("DE",), ("DE",), ("DE",)], "country string"
+    )
     model = categorical_indexer(["country"]).fit(train)
     scoring = spark.createDataFrame([("DE",), ("US",), ("GB",), ("BR",), (None,)], "country string")
     expected = spark.createDataFrame(
@@ -276,8 +329,11 @@ def test_categorical_index_survives_unseen_categories(spark: SparkSession) -> No
         "country string, country_index double",
     )
     assert_df_equality(
-        model.transform(scoring), expected,
-        ignore_row_order=True, ignore_nullable=True, ignore_metadata=True,
+        model.transform(scoring),
+        expected,
+        ignore_row_order=True,
+        ignore_nullable=True,
+        ignore_metadata=True,
     )
 
 
@@ -285,9 +341,17 @@ def test_feature_spec_yaml_builds_the_stages(spark: SparkSession) -> None:
     from sparkml_prod.features import load_feature_spec
 
     conf = Path(__file__).parent.parent / "conf" / "features.yaml"
-    stages = load_feature_spec(conf, sources={"events": "/data/events", "user_attributes": "/data/attrs"})
+    stages = load_feature_spec(
+        conf, sources={"events": "/data/events", "user_attributes": "/data/attrs"}
+    )
     kinds = [type(s).__name__ for s in stages]
-    assert kinds == ["WindowAggregates", "Recency", "PointInTimeLookup", "SQLTransformer", "StringIndexer"]
+    assert kinds == [
+        "WindowAggregates",
+        "Recency",
+        "PointInTimeLookup",
+        "SQLTransformer",
+        "StringIndexer",
+    ]
     assert stages[0].getSourceTable() == "/data/events"
     assert stages[2].getSourceTable() == "/data/attrs"
     assert "purchase_count_30d" in stages[0].outputColumns()
@@ -306,7 +370,9 @@ def no_job_runs(spark: SparkSession, action) -> Exception:
     return err.value
 
 
-def test_bad_input_is_named_before_any_job(spark: SparkSession, events: str, spine: DataFrame) -> None:
+def test_bad_input_is_named_before_any_job(
+    spark: SparkSession, events: str, spine: DataFrame
+) -> None:
     err = no_job_runs(spark, lambda: aggregates("missing_events").transform(spine))
     assert isinstance(err, TableNotFoundError)
     assert str(err) == (
@@ -320,7 +386,9 @@ def test_bad_input_is_named_before_any_job(spark: SparkSession, events: str, spi
         "Table 'boundary_events' is missing required column(s) revenue. Columns present: "
         "user_id bigint, event_time timestamp, event_type string, session_id string, amount double."
     )
-    stage = WindowAggregates(sourceTable=events, aggregations=[{"agg": "mean", "column": "event_type"}])
+    stage = WindowAggregates(
+        sourceTable=events, aggregations=[{"agg": "mean", "column": "event_type"}]
+    )
     err = no_job_runs(spark, lambda: stage.transform(spine))
     assert str(err) == (
         "Table 'boundary_events' column 'event_type' has type string; expected "
@@ -329,9 +397,15 @@ def test_bad_input_is_named_before_any_job(spark: SparkSession, events: str, spi
     )
     stage = WindowAggregates(sourceTable=events, timestampCol="session_id")
     err = no_job_runs(spark, lambda: stage.transform(spine))
-    assert "column 'session_id' has type string; expected timestamp or timestamp_ntz or date" in str(err)
-    stage = WindowAggregates(sourceTable=events, filters={"buy": "kind = 'purchase'"},
-                             aggregations=[{"agg": "count", "filter": "buy"}])
+    assert (
+        "column 'session_id' has type string; expected timestamp or timestamp_ntz or date"
+        in str(err)
+    )
+    stage = WindowAggregates(
+        sourceTable=events,
+        filters={"buy": "kind = 'purchase'"},
+        aggregations=[{"agg": "count", "filter": "buy"}],
+    )
     err = no_job_runs(spark, lambda: stage.transform(spine))
     assert str(err).startswith(
         "Filter 'buy' (kind = 'purchase') of WindowAggregates is not a valid condition on source "
@@ -361,15 +435,18 @@ def test_malformed_params_fail_when_set() -> None:
     )
     with pytest.raises(ValueError, match="'column' for agg sum"):
         WindowAggregates(aggregations=[{"agg": "sum"}])
-    with pytest.raises(ValueError, match="names filter 'purchase', which is not in 'filters' \\(none defined\\)"):
+    with pytest.raises(
+        ValueError, match="names filter 'purchase', which is not in 'filters' \\(none defined\\)"
+    ):
         WindowAggregates(aggregations=[{"agg": "count", "filter": "purchase"}]).outputColumns()
     with pytest.raises(ValueError, match="The 'lookback' parameter of Recency must be"):
         Recency(lookback="a month")
     with pytest.raises(ConfigError) as err:
         build_feature_stages({"stages": [{"type": "window_aggregates", "window": ["7d"]}]})
     assert str(err.value) == (
-        "<feature spec>: stages[0]: unknown key 'window' for type window_aggregates; expected one "
-        "of: aggregations, filters, output_prefix, source, source_entity_col, timestamp_col, windows."
+        "<feature spec>: stages[0]: unknown key 'window' for type window_aggregates; expected "
+        "one of: aggregations, filters, output_prefix, source, source_entity_col, timestamp_col, "
+        "windows."
     )
     with pytest.raises(ConfigError) as err:
         build_feature_stages({"stages": [{"type": "window_aggregates", "windows": ["1x"]}]})

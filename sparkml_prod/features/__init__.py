@@ -6,10 +6,9 @@ added, one output row per input row. Window ``w`` at as-of ``t`` covers
 """
 
 from sparkml_prod.features.aggregates import AGGREGATIONS, WindowAggregates
+from sparkml_prod.features.categorical import INDEX_SUFFIX, categorical_indexer
 from sparkml_prod.features.lookup import PointInTimeLookup
 from sparkml_prod.features.recency import Recency
-
-from sparkml_prod.features.categorical import INDEX_SUFFIX, categorical_indexer
 from sparkml_prod.features.spec import build_feature_stages, load_feature_spec
 
 __all__ = [

@@ -127,7 +127,7 @@ class HasSource(Params):
     def getSourceEntityCol(self) -> str:
         if self.isDefined(self.sourceEntityCol):
             return self.getOrDefault(self.sourceEntityCol)
-        return self.getOrDefault("entityCol")  # type: ignore[no-any-return]
+        return self.getOrDefault("entityCol")
 
     def setSourceEntityCol(self, value: str) -> Any:
         return self._set(sourceEntityCol=value)
@@ -145,7 +145,7 @@ def require_source_param(stage: Params) -> str:
             f"The 'sourceTable' parameter of {type(stage).__name__} must be set to a table "
             "reference (a path, delta.`path`, a catalog table or a view). It is not set."
         )
-    return stage.getOrDefault("sourceTable")  # type: ignore[no-any-return]
+    return stage.getOrDefault("sourceTable")
 
 
 def check_spine(spine: DataFrame, entity: str, as_of: str, owner: str) -> None:
@@ -186,7 +186,9 @@ def read_source(
     return source
 
 
-def exclude_null_keys(source: DataFrame, entity: str, timestamp: str, ref: str, owner: str) -> DataFrame:
+def exclude_null_keys(
+    source: DataFrame, entity: str, timestamp: str, ref: str, owner: str
+) -> DataFrame:
     """Drop source rows with a null entity or time, logging how many were dropped.
 
     The count is a separate, cheap job: Delta's per-file null counts let it skip every
@@ -197,7 +199,11 @@ def exclude_null_keys(source: DataFrame, entity: str, timestamp: str, ref: str, 
     if excluded:
         log.warning(
             "%s: excluded %d row(s) of source '%s' with a null %s or %s",
-            owner, excluded, ref, entity, timestamp,
+            owner,
+            excluded,
+            ref,
+            entity,
+            timestamp,
         )
     return source.filter(~is_null_key)
 
@@ -212,7 +218,7 @@ def check_filters(source: DataFrame, filters: Mapping[str, str], ref: str, owner
     """Each named filter must be a valid condition on the source (checked without a job)."""
     for name, condition in filters.items():
         try:
-            source.select(F.expr(condition).cast("boolean")).schema
+            _ = source.select(F.expr(condition).cast("boolean")).schema
         except Exception as exc:  # analysis errors: an unknown column, bad SQL
             raise ValueError(
                 f"Filter '{name}' ({condition}) of {owner} is not a valid condition on "

@@ -23,8 +23,11 @@ aggregation                                     column
 ``agg`` is one of count, sum, mean, min, max, stddev, count_distinct; ``column`` is
 required except for a plain count (``{agg: count, column: c}`` counts non-null ``c``).
 ``by``/``values`` split an aggregation per value of a low-cardinality column
-(``{by}_{value}`` joins the column part of the name; values are lower-cased and
-non-alphanumerics become ``_``). ``outputPrefix`` is prepended to every name.
+(``{by}_{value}`` joins the column part of the name; values are lower-cased, each run
+of other characters than a-z and 0-9 becomes one ``_``, and leading or trailing ``_``
+are dropped: ``"Home & Garden"`` -> ``home_garden``). A count split by value and
+restricted by a filter is ``{by}_{value}_{filter}_count_{w}``. ``outputPrefix`` is
+prepended to every name.
 
 The plan (chosen by measurement, see ``bench/features.py``): the source is pruned to
 ``[min(as_of) - max(window), max(as_of))`` with literal bounds (so Delta skips files),
@@ -47,14 +50,14 @@ from pyspark import keyword_only
 from pyspark.ml import Transformer
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from sparkml_prod.features._common import (
     HasSource,
     HasSpineKeys,
-    check_outputs_are_new,
     check_filters,
+    check_outputs_are_new,
     check_spine,
     exclude_null_keys,
     micros,
@@ -65,7 +68,7 @@ from sparkml_prod.features._common import (
     spine_time_range,
     to_filters,
 )
-from sparkml_prod.tables import NUMERIC
+from sparkml_prod.tables import NUMERIC, sql_literal
 
 __all__ = ["WindowAggregates", "AGGREGATIONS"]
 
@@ -101,12 +104,18 @@ def to_aggregations(value: Any) -> list[dict[str, Any]]:
         if (item.get("by") is None) != (values is None):
             raise _fail("'by' and 'values' together", item)
         if values is not None and (
-            not isinstance(values, (list, tuple)) or not values
+            not isinstance(values, (list, tuple))
+            or not values
             or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values)
         ):
             raise _fail("'values' a non-empty list of strings or integers", item)
-        spec = {"agg": agg, "column": column, "filter": item.get("filter"),
-                "by": item.get("by"), "values": list(values) if values is not None else None}
+        spec = {
+            "agg": agg,
+            "column": column,
+            "filter": item.get("filter"),
+            "by": item.get("by"),
+            "values": list(values) if values is not None else None,
+        }
         specs.append(spec)
     return specs
 
@@ -119,7 +128,8 @@ def to_windows(value: Any) -> list[str]:
         parse_window(window)
     if len(set(windows)) != len(windows):
         raise ValueError(
-            f"The 'windows' parameter of WindowAggregates must not repeat a window. Got {windows!r} instead."
+            "The 'windows' parameter of WindowAggregates must not repeat a window. "
+            f"Got {windows!r} instead."
         )
     return windows
 
@@ -176,9 +186,12 @@ class WindowAggregates(
     ) -> None:
         super().__init__()
         self._setDefault(
-            windows=["7d", "30d", "90d"], aggregations=[{"agg": "count"}], filters={}, outputPrefix=""
+            windows=["7d", "30d", "90d"],
+            aggregations=[{"agg": "count"}],
+            filters={},
+            outputPrefix="",
         )
-        self.setParams(**self._input_kwargs)
+        self.setParams(**self._input_kwargs)  # type: ignore[attr-defined]
 
     @keyword_only
     def setParams(self, **kwargs: Any) -> WindowAggregates:
@@ -221,8 +234,12 @@ class WindowAggregates(
             if split and spec["filter"]:
                 parts = [split, spec["filter"], "count"]
         else:
-            parts = [spec["column"], *([split] if split else []), spec["agg"],
-                     *([spec["filter"]] if spec["filter"] else [])]
+            parts = [
+                spec["column"],
+                *([split] if split else []),
+                spec["agg"],
+                *([spec["filter"]] if spec["filter"] else []),
+            ]
         return self.getOrDefault(self.outputPrefix) + "_".join([*parts, window])
 
     def outputColumns(self) -> list[str]:
@@ -260,12 +277,16 @@ class WindowAggregates(
         check_outputs_are_new(spine, outputs, owner)
 
         specs, filters = self.getAggregations(), self.getFilters()
-        typed = {s["column"]: NUMERIC for s in specs
-                 if s["column"] and s["agg"] not in ("count", "count_distinct")}
+        typed = {
+            s["column"]: NUMERIC
+            for s in specs
+            if s["column"] and s["agg"] not in ("count", "count_distinct")
+        }
         other = {s["column"]: () for s in specs if s["column"] and s["column"] not in typed}
         other.update({s["by"]: () for s in specs if s["by"]})
-        source = read_source(spine.sparkSession, ref, source_entity, timestamp,
-                             {**other, **typed}, owner)
+        source = read_source(
+            spine.sparkSession, ref, source_entity, timestamp, {**other, **typed}, owner
+        )
         check_filters(source, filters, ref, owner)
 
         windows = {w: parse_window(w) for w in self.getWindows()}
@@ -300,7 +321,7 @@ class WindowAggregates(
         ).select(events["*"], keys["__a"])
 
         aggregates = [
-            self._aggregate(spec, value, windows[w]).alias(self._name(spec, value, w))
+            F.expr(f"{self._aggregate(spec, value, windows[w])} AS `{self._name(spec, value, w)}`")
             for spec, value in self._variants()
             for w in self.getWindows()
         ]
@@ -308,29 +329,37 @@ class WindowAggregates(
 
         keyed = spine.withColumn("__e", F.col(entity)).withColumn("__a", micros(as_of))
         out = keyed.join(features, on=["__e", "__a"], how="left")
-        has_key = F.col("__e").isNotNull() & F.col("__a").isNotNull()
         zero_when_empty = {
-            self._name(s, v, w) for s, v in self._variants() for w in self.getWindows()
+            self._name(s, v, w)
+            for s, v in self._variants()
+            for w in self.getWindows()
             if s["agg"] in _ZERO_WHEN_EMPTY
         }
         return out.select(
             *[keyed[c] for c in spine.columns],
             *[
-                F.when(has_key, F.coalesce(F.col(n), F.lit(0))).alias(n)
-                if n in zero_when_empty else F.col(n)
+                F.expr(
+                    "CASE WHEN `__e` IS NOT NULL AND `__a` IS NOT NULL "
+                    f"THEN coalesce(`{n}`, 0) END AS `{n}`"
+                )
+                if n in zero_when_empty
+                else F.col(n)
                 for n in outputs
             ],
         )
 
-    def _condition(self, spec: dict[str, Any], value: object | None) -> Column:
-        condition = F.lit(True)
+    def _condition(self, spec: dict[str, Any], value: object | None) -> str:
+        """SQL condition of a spec's filter and split value (plain SQL: one JVM call each)."""
+        parts = ["true"]
         if spec["filter"]:
-            condition = condition & F.col(f"__f_{spec['filter']}")
+            parts.append(f"`__f_{spec['filter']}`")
         if spec["by"] is not None:
-            condition = condition & (F.col(f"__v_{spec['by']}") == F.lit(value))
-        return condition
+            parts.append(f"`__v_{spec['by']}` = {sql_literal(value)}")
+        return " AND ".join(parts)
 
-    def _distinct_variants(self, specs: Sequence[dict[str, Any]]) -> list[tuple[str, str | None, object | None, str | None]]:
+    def _distinct_variants(
+        self, specs: Sequence[dict[str, Any]]
+    ) -> list[tuple[str, str | None, str | None, object | None]]:
         out = []
         for spec in specs:
             if spec["agg"] != "count_distinct":
@@ -345,7 +374,9 @@ class WindowAggregates(
         index = self._distinct_variants(self.getAggregations()).index((column, flt, by, value))
         return f"__next_{index}"
 
-    def _add_next_occurrences(self, events: DataFrame, specs: Sequence[dict[str, Any]]) -> DataFrame:
+    def _add_next_occurrences(
+        self, events: DataFrame, specs: Sequence[dict[str, Any]]
+    ) -> DataFrame:
         """For each distinct-count variant: time of the next event with the same value.
 
         Ordered latest first, the running minimum over the rows before the current one
@@ -361,24 +392,26 @@ class WindowAggregates(
                 .rowsBetween(Window.unboundedPreceding, -1)
             )
             next_times[self._next_name(column, flt, by, value)] = F.min(
-                F.when(condition, F.col("__t"))
+                F.when(F.expr(condition), F.col("__t"))
             ).over(window)
         if next_times:
             # One withColumns: variants over the same column share one Window operator.
             events = events.withColumns(next_times)
         return events
 
-    def _aggregate(self, spec: dict[str, Any], value: object | None, window_micros: int) -> Column:
-        in_window = (F.col("__t") >= F.col("__a") - F.lit(window_micros)) & self._condition(spec, value)
+    def _aggregate(self, spec: dict[str, Any], value: object | None, window_micros: int) -> str:
+        """The conditional aggregate of one spec, split value and window, as SQL."""
+        in_window = f"`__t` >= `__a` - {window_micros} AND {self._condition(spec, value)}"
         agg, column = spec["agg"], spec["column"]
         if agg == "count_distinct":
-            next_time = F.col(self._next_name(column, spec["filter"], spec["by"], value))
-            last_before_as_of = next_time.isNull() | (next_time >= F.col("__a"))
-            counted = in_window & F.col(f"__v_{column}").isNotNull() & last_before_as_of
-            return F.count(F.when(counted, F.lit(1)))
+            next_time = f"`{self._next_name(column, spec['filter'], spec['by'], value)}`"
+            # The event is the last one with its value before as-of, and the value is set.
+            counted = (
+                f"{in_window} AND `__v_{column}` IS NOT NULL "
+                f"AND ({next_time} IS NULL OR {next_time} >= `__a`)"
+            )
+            return f"count(CASE WHEN {counted} THEN 1 END)"
         if column is None:
-            return F.count(F.when(in_window, F.lit(1)))
-        values = F.when(in_window, F.col(f"__v_{column}"))
-        functions = {"count": F.count, "sum": F.sum, "mean": F.avg, "min": F.min,
-                     "max": F.max, "stddev": F.stddev_samp}
-        return functions[agg](values)
+            return f"count(CASE WHEN {in_window} THEN 1 END)"
+        function = {"mean": "avg", "stddev": "stddev_samp"}.get(agg, agg)
+        return f"{function}(CASE WHEN {in_window} THEN `__v_{column}` END)"

@@ -76,7 +76,7 @@ class PointInTimeLookup(
     ) -> None:
         super().__init__()
         self._setDefault(timestampCol="valid_from", outputPrefix="")
-        self.setParams(**self._input_kwargs)
+        self.setParams(**self._input_kwargs)  # type: ignore[attr-defined]
 
     @keyword_only
     def setParams(self, **kwargs: Any) -> PointInTimeLookup:
@@ -116,7 +116,11 @@ class PointInTimeLookup(
             spine.select(F.col(entity).alias("__e"), micros(as_of).alias("__t"))
             .where(F.col("__e").isNotNull() & F.col("__t").isNotNull())
             .distinct()
-            .select("__e", (F.col("__t") * 2).alias("__k"), F.lit(None).cast(rows.schema["__s"].dataType).alias("__s"))
+            .select(
+                "__e",
+                (F.col("__t") * 2).alias("__k"),
+                F.lit(None).cast(rows.schema["__s"].dataType).alias("__s"),
+            )
         )
         # Keys sort before attribute rows valid from the same instant: those are not seen.
         ordered = (

@@ -23,14 +23,14 @@ from pyspark import keyword_only
 from pyspark.ml import Transformer
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from sparkml_prod.features._common import (
     HasSource,
     HasSpineKeys,
-    check_outputs_are_new,
     check_filters,
+    check_outputs_are_new,
     check_spine,
     exclude_null_keys,
     micros,
@@ -61,15 +61,19 @@ class Recency(Transformer, HasSpineKeys, HasSource, DefaultParamsReadable, Defau
     --------
     >>> stage = Recency(sourceTable="demo-output/tables/events",
     ...                 filters={"purchase": "event_type = 'purchase'"})
-    >>> stage.outputColumns()
-    ['days_since_last_event', 'days_since_first_event', 'days_since_last_purchase', 'days_since_first_purchase']
+    >>> stage.outputColumns()  # doctest: +NORMALIZE_WHITESPACE
+    ['days_since_last_event', 'days_since_first_event',
+     'days_since_last_purchase', 'days_since_first_purchase']
     """
 
     filters: Param[dict[str, str]] = Param(
         Params._dummy(), "filters", "named SQL conditions on the source", to_filters
     )
     lookback: Param[str] = Param(
-        Params._dummy(), "lookback", "only events within this window count ('' = all history)", _to_lookback
+        Params._dummy(),
+        "lookback",
+        "only events within this window count ('' = all history)",
+        _to_lookback,
     )
     outputPrefix: Param[str] = Param(
         Params._dummy(), "outputPrefix", "prefix of every output column", TypeConverters.toString
@@ -90,7 +94,7 @@ class Recency(Transformer, HasSpineKeys, HasSource, DefaultParamsReadable, Defau
     ) -> None:
         super().__init__()
         self._setDefault(filters={}, lookback="", outputPrefix="")
-        self.setParams(**self._input_kwargs)
+        self.setParams(**self._input_kwargs)  # type: ignore[attr-defined]
 
     @keyword_only
     def setParams(self, **kwargs: Any) -> Recency:
@@ -122,7 +126,9 @@ class Recency(Transformer, HasSpineKeys, HasSource, DefaultParamsReadable, Defau
         check_outputs_are_new(spine, self.outputColumns(), owner)
         source = read_source(spine.sparkSession, ref, source_entity, timestamp, {}, owner)
         check_filters(source, self.getFilters(), ref, owner)
-        lookback = parse_window(self.getLookback(), "Recency", "lookback") if self.getLookback() else None
+        lookback = (
+            parse_window(self.getLookback(), "Recency", "lookback") if self.getLookback() else None
+        )
 
         lowest, highest = spine_time_range(spine, as_of)
         source = exclude_null_keys(source, source_entity, timestamp, ref, owner)
@@ -170,13 +176,15 @@ class Recency(Transformer, HasSpineKeys, HasSource, DefaultParamsReadable, Defau
             .where(F.col("__k") % 2 == 0)
         )
         names = self.outputColumns()
-        outputs = []
+        outputs: list[Column] = []
         for i, _ in enumerate(self._subjects()):
             for which in ("last", "first"):
                 seen = F.col(f"__{which}{i}")
                 if lookback is not None:
                     seen = F.when(seen >= F.col("__t") - F.lit(lookback), seen)
-                outputs.append(((F.col("__t") - seen) / F.lit(_DAY_MICROS)).alias(names[len(outputs)]))
+                outputs.append(
+                    ((F.col("__t") - seen) / F.lit(_DAY_MICROS)).alias(names[len(outputs)])
+                )
         found = found.select(F.col("__e"), F.col("__t").alias("__a"), *outputs)
         keyed = spine.withColumn("__e", F.col(entity)).withColumn("__a", micros(as_of))
         joined = keyed.join(found, on=["__e", "__a"], how="left")

@@ -48,13 +48,21 @@ from sparkml_prod.features.recency import Recency
 
 __all__ = ["build_feature_stages", "load_feature_spec", "PipelineStage"]
 
-PipelineStage = Union[Estimator, Transformer]
+PipelineStage = Union[Estimator, Transformer]  # noqa: UP007 (a runtime alias)
 
-_SOURCE_KEYS = {"source": "sourceTable", "source_entity_col": "sourceEntityCol",
-                "timestamp_col": "timestampCol", "output_prefix": "outputPrefix"}
+_SOURCE_KEYS = {
+    "source": "sourceTable",
+    "source_entity_col": "sourceEntityCol",
+    "timestamp_col": "timestampCol",
+    "output_prefix": "outputPrefix",
+}
 _STAGE_KEYS: dict[str, dict[str, str]] = {
-    "window_aggregates": {**_SOURCE_KEYS, "windows": "windows", "aggregations": "aggregations",
-                          "filters": "filters"},
+    "window_aggregates": {
+        **_SOURCE_KEYS,
+        "windows": "windows",
+        "aggregations": "aggregations",
+        "filters": "filters",
+    },
     "recency": {**_SOURCE_KEYS, "filters": "filters", "lookback": "lookback"},
     "lookup": {**_SOURCE_KEYS, "attributes": "attributeCols"},
     "ratios": {"ratios": "ratios"},
@@ -64,7 +72,9 @@ _STAGE_KEYS: dict[str, dict[str, str]] = {
 _CLASSES = {"window_aggregates": WindowAggregates, "recency": Recency, "lookup": PointInTimeLookup}
 
 
-def load_feature_spec(path: str | Path, sources: Mapping[str, str] | None = None) -> list[PipelineStage]:
+def load_feature_spec(
+    path: str | Path, sources: Mapping[str, str] | None = None
+) -> list[PipelineStage]:
     """Read a YAML feature spec and build its stages (see the module docs)."""
     path = Path(path)
     if not path.is_file():
@@ -87,8 +97,10 @@ def build_feature_stages(
         raise ConfigError(
             f"{origin}: unknown key '{unknown[0]}'; expected one of: as_of_col, entity_col, stages."
         )
-    spine_params = {"entityCol": spec.get("entity_col", "user_id"),
-                    "asOfCol": spec.get("as_of_col", "as_of")}
+    spine_params = {
+        "entityCol": spec.get("entity_col", "user_id"),
+        "asOfCol": spec.get("as_of_col", "as_of"),
+    }
     return [
         _build_stage(item, i, spine_params, sources or {}, origin)
         for i, item in enumerate(spec["stages"])
@@ -114,9 +126,12 @@ def _build_stage(
         if kind == "categorical":
             return categorical_indexer(settings.get("columns") or [])
         if kind == "ratios":
-            return _sql_columns({
-                name: f"try_divide(`{pair[0]}`, `{pair[1]}`)" for name, pair in _ratios(settings).items()
-            })
+            return _sql_columns(
+                {
+                    name: f"try_divide(`{pair[0]}`, `{pair[1]}`)"
+                    for name, pair in _ratios(settings).items()
+                }
+            )
         if kind == "derived":
             return _sql_columns(dict(settings.get("expressions") or {}))
         params = {allowed[k]: v for k, v in settings.items()}
