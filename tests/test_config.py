@@ -82,7 +82,9 @@ def test_wrong_type_is_named_with_expectation(tmp_path: Path) -> None:
 
 def test_a_boolean_is_not_an_integer(tmp_path: Path) -> None:
     path = write(tmp_path, "table: events\nwindows:\n  - {name: week, days: true}\n")
-    with pytest.raises(ConfigError, match="key 'windows\\[0\\].days' must be an integer, got bool True"):
+    with pytest.raises(
+        ConfigError, match="key 'windows\\[0\\].days' must be an integer, got bool True"
+    ):
         load_config(path, Example)
 
 

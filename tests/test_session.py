@@ -33,9 +33,7 @@ def test_delta_sql_table_round_trip(spark: SparkSession) -> None:
         spark.sql("INSERT INTO session_round_trip VALUES (1, 'a'), (2, 'b')")
         spark.sql("UPDATE session_round_trip SET name = 'c' WHERE id = 2")
         expected = spark.createDataFrame([(1, "a"), (2, "c")], "id BIGINT, name STRING")
-        assert_df_equality(
-            spark.table("session_round_trip"), expected, ignore_row_order=True
-        )
+        assert_df_equality(spark.table("session_round_trip"), expected, ignore_row_order=True)
         history = spark.sql("DESCRIBE HISTORY session_round_trip").select("operation")
         assert sorted(r[0] for r in history.collect()) == ["CREATE TABLE", "UPDATE", "WRITE"]
     finally:
@@ -61,11 +59,16 @@ def test_under_spark_submit_the_given_master_and_conf_are_kept(tmp_path: Path) -
     result = subprocess.run(
         [
             str(spark_submit),
-            "--master", "local[1]",
-            "--name", "submitted",
-            "--packages", DELTA_PACKAGE,
-            "--conf", "spark.sql.shuffle.partitions=3",
-            "--conf", "spark.sql.session.timeZone=America/New_York",
+            "--master",
+            "local[1]",
+            "--name",
+            "submitted",
+            "--packages",
+            DELTA_PACKAGE,
+            "--conf",
+            "spark.sql.shuffle.partitions=3",
+            "--conf",
+            "spark.sql.session.timeZone=America/New_York",
             str(script),
         ],
         cwd=tmp_path,
@@ -76,7 +79,7 @@ def test_under_spark_submit_the_given_master_and_conf_are_kept(tmp_path: Path) -
     )
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(x for x in result.stdout.splitlines() if x.startswith("PROBE "))
-    assert json.loads(line[len("PROBE "):]) == {
+    assert json.loads(line[len("PROBE ") :]) == {
         "spark.master": "local[1]",
         "spark.sql.shuffle.partitions": "3",
         "spark.sql.session.timeZone": "America/New_York",

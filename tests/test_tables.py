@@ -38,12 +38,12 @@ def test_delta_round_trip_by_path(spark: SparkSession, tmp_path: Path) -> None:
     df = spark.createDataFrame([(1, JUNE1, "a"), (2, JUNE1, "b")], SCORES)
     write_table(df, str(tmp_path / "t"))
     assert_df_equality(read_table(spark, str(tmp_path / "t")), df, ignore_row_order=True)
-    assert_df_equality(
-        read_table(spark, f"delta.`{tmp_path / 't'}`"), df, ignore_row_order=True
-    )
+    assert_df_equality(read_table(spark, f"delta.`{tmp_path / 't'}`"), df, ignore_row_order=True)
 
 
-def test_overwrite_partition_replaces_only_that_partition(spark: SparkSession, tmp_path: Path) -> None:
+def test_overwrite_partition_replaces_only_that_partition(
+    spark: SparkSession, tmp_path: Path
+) -> None:
     ref = str(tmp_path / "scores")
     first = spark.createDataFrame([(1, JUNE1, "a"), (2, JUNE1, "a")], SCORES)
     other = spark.createDataFrame([(1, JUNE2, "x"), (3, JUNE2, "x")], SCORES)
@@ -111,5 +111,7 @@ def test_require_columns_names_mistyped_column(spark: SparkSession) -> None:
 def test_read_table_checks_required_columns(spark: SparkSession, tmp_path: Path) -> None:
     ref = str(tmp_path / "t")
     write_table(spark.createDataFrame([(1, JUNE1, "a")], SCORES), ref)
-    with pytest.raises(SchemaError, match=f"Table '{ref}' is missing required column\\(s\\) amount"):
+    with pytest.raises(
+        SchemaError, match=f"Table '{ref}' is missing required column\\(s\\) amount"
+    ):
         read_table(spark, ref, required={"amount": "double"})
