@@ -31,6 +31,7 @@ REQUIRED_DEFAULTS: dict[str, str] = {
 # further), a driver heap large enough for 20M-event feature builds.
 LOCAL_DEFAULTS: dict[str, str] = {
     "spark.sql.shuffle.partitions": "8",
+    "spark.ui.showConsoleProgress": "false",
     "spark.driver.memory": os.environ.get("SPARKML_PROD_DRIVER_MEMORY", "6g"),
     "spark.sql.adaptive.enabled": "true",
     "spark.databricks.delta.snapshotPartitions": "2",
