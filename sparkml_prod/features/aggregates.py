@@ -5,6 +5,7 @@ aggregate covers the source rows of that entity with ``as_of - w <= event_time <
 An event at exactly ``as_of`` is not seen. With no event in the window, counts, distinct
 counts and sums are 0; mean, min, max and stddev are null (missing, which XGBoost handles
 natively). ``stddev`` is the sample standard deviation: null below two events.
+A spine row with a null entity or as-of is kept, with every feature null (unknown).
 
 Output names (stable across releases), for window ``7d`` and an optional filter named
 ``purchase``:
