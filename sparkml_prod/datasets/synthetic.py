@@ -12,8 +12,8 @@ Generative story
   ``[start, end)``; country (US 40%, mid-size markets, a rare tail), platform and
   acquisition channel have skewed frequencies.
 * **Latent traits**: activity, lognormal (sigma 0.9, mean 1: a few very active users),
-  and purchase propensity, normal, mildly correlated with activity. Both drift: a
-  per-user sinusoid (period 1.5 to 10 months, random phase). New users are twice as
+  and purchase propensity, normal, mildly correlated with activity. Both drift: per-user
+  sinusoids (periods of 1.5 to 10 months, random phases). New users are twice as
   active in their first weeks. 45% of users churn (exponential, mean 6 months after
   signup); afterwards 3% of their sessions survive.
 * **Sessions**: a Poisson count per user-week with mean activity x drift x a mild
@@ -110,9 +110,10 @@ _HOUR_WEIGHTS = (3, 2, 1, 1, 1, 1, 2, 4, 6, 7, 7, 7, 8, 8, 7, 7, 7, 8, 9, 10, 10
 _EARLY_SHARE, _EARLY_DAYS = 0.3, 730  # users who signed up before start, how long before
 _CHURN_SHARE, _CHURN_DAYS, _CHURN_KEEP = 0.45, 180, 0.03  # churners, mean life, sessions kept
 _NOVELTY_DAYS = 30  # new users are more active, decaying with this time constant
+_SEASON_AMP, _SEASON_PEAK = 0.1, 350  # yearly activity cycle, peak day (days since 1970)
 _MISSION_START, _MISSION_WEEKS = 0.08, 3  # weekly start probability, longest mission
 _MISSION_ACTIVITY, _MISSION_INTEREST, _MISSION_CLOSING = 2.0, 1.0, 1.2
-_EVENTS_PER_SESSION = 6.4  # events per session x mean drift x missions (measured)
+_EVENTS_PER_SESSION = 6.45  # events per session x mean drift x missions (measured)
 _DAY, _WEEK = 86_400, 7 * 86_400
 # fmt: on
 
@@ -186,11 +187,11 @@ def _epoch(day: datetime.date) -> int:
 def _sessions_per_user_day(spec: SyntheticSpec) -> float:
     """Base session rate such that the spec gets about n_users * days * rate events.
 
-    Integrates, on a weekly grid, the share of users signed up and not churned and their
-    novelty boost over the period.
+    Integrates, on a grid of at most 100 steps, the share of users signed up and not
+    churned, their novelty boost and the season over the period.
     """
     start, days = _epoch(spec.start) / _DAY, spec.days
-    n_early, n_late = 52, math.ceil(days / 7)
+    n_early, n_late = 52, min(days, 100)
     signups = [
         (start - _EARLY_DAYS * (i + 0.5) / n_early, _EARLY_SHARE / n_early) for i in range(n_early)
     ]
@@ -198,13 +199,14 @@ def _sessions_per_user_day(spec: SyntheticSpec) -> float:
         (start + days * (i + 0.5) / n_late, (1 - _EARLY_SHARE) / n_late) for i in range(n_late)
     ]
     load = 0.0
-    for week in range(n_late):
-        t = start + min(days, 7 * week + 3.5)
+    for step in range(n_late):
+        t = start + days * (step + 0.5) / n_late
+        season = 1 + _SEASON_AMP * math.cos(2 * math.pi * (t - _SEASON_PEAK) / 365.25)
         for s, share in signups:
-            if s < t:
+            if s <= t:  # a signup in this step is live for half of it
                 churned = _CHURN_SHARE * (1 - math.exp((s - t) / _CHURN_DAYS))
-                alive = 1 - churned * (1 - _CHURN_KEEP)
-                load += share * alive * (1 + math.exp((s - t) / _NOVELTY_DAYS))
+                alive = (1 - churned * (1 - _CHURN_KEEP)) * (0.5 if s == t else 1.0)
+                load += share * alive * (1 + math.exp((s - t) / _NOVELTY_DAYS)) * season
     return spec.events_per_user_per_day * n_late / (load * _EVENTS_PER_SESSION)
 
 
@@ -454,7 +456,7 @@ def _sessions(users: DataFrame, spec: SyntheticSpec) -> DataFrame:
     )
 
     mid_s = start_s + F.col("week") * _WEEK + _WEEK // 2
-    season = 1.0 + 0.1 * F.cos(2 * math.pi * (mid_s / _DAY - 350) / 365.25)
+    season = 1.0 + _SEASON_AMP * F.cos(2 * math.pi * (mid_s / _DAY - _SEASON_PEAK) / 365.25)
     novelty = 1.0 + F.exp((F.col("signup_s") - mid_s) / (_NOVELTY_DAYS * _DAY))
     mission = F.when(F.col("mission").isNotNull(), _MISSION_ACTIVITY).otherwise(1.0)
     per_week = 7 * _sessions_per_user_day(spec)
@@ -491,8 +493,8 @@ def generate_events(
     """The clickstream, as in :data:`EVENTS_SCHEMA`, built without any shuffle.
 
     Events lie in ``[spec.start, spec.end)`` and never before the user's signup, at
-    second resolution (UTC); the events of a session are 45 to 85 seconds apart, in
-    funnel order. ``num_partitions`` never changes the rows.
+    second resolution (UTC). A session (``session_id``: 32 hex digits) has its events in
+    funnel order, about 45 seconds apart. ``num_partitions`` never changes the rows.
 
     Examples
     --------
@@ -555,7 +557,10 @@ def generate_events(
         ),
         types.alias("types"),
     )
-    events = sessions.select("*", F.posexplode("types").alias("pos", "event_type")).drop("types")
+    # _outer (types is never empty): Spark would otherwise push a "size(types) > 0" filter,
+    # with a copy of every hash above, below the projections
+    event_types = F.posexplode_outer("types").alias("pos", "event_type")
+    events = sessions.select("*", event_types).drop("types")
 
     # per event: time within the session, category, amount
     def eu(stream: str) -> Column:
