@@ -241,6 +241,7 @@ def round_trip(stages: list, spine: DataFrame, tmp_path: Path) -> tuple[DataFram
     return model.transform(spine), PipelineModel.load(path).transform(spine), path
 
 
+@pytest.mark.slow
 def test_every_stage_round_trips_inside_a_pipeline_model(
     spark: SparkSession, tmp_path: Path, spine: DataFrame
 ) -> None:
