@@ -242,3 +242,22 @@ def prune_to(source: DataFrame, timestamp: str, start: int | None, end: int) -> 
     if start is not None:
         bounds = bounds & (F.col(timestamp) >= F.timestamp_micros(F.lit(start)))
     return source.where(bounds & exact)
+
+
+def spine_keys(spine: DataFrame, entity: str, as_of: str, time_name: str = "__a") -> DataFrame:
+    """Distinct non-null ``(__e, <time_name>)`` keys of a spine, as-of in microseconds."""
+    return (
+        spine.select(F.col(entity).alias("__e"), micros(as_of).alias(time_name))
+        .where(F.col("__e").isNotNull() & F.col(time_name).isNotNull())
+        .distinct()
+    )
+
+
+def join_to_spine(
+    spine: DataFrame, entity: str, as_of: str, found: DataFrame, outputs: Sequence[Column]
+) -> DataFrame:
+    """Every spine row, unchanged and once, with ``outputs`` of ``found`` (keyed by
+    ``__e``, ``__a``) attached; null where a row has no match."""
+    keyed = spine.withColumn("__e", F.col(entity)).withColumn("__a", micros(as_of))
+    joined = keyed.join(found, on=["__e", "__a"], how="left")
+    return joined.select(*[keyed[c] for c in spine.columns], *outputs)

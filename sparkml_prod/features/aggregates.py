@@ -61,11 +61,13 @@ from sparkml_prod.features._common import (
     check_outputs_are_new,
     check_spine,
     exclude_null_keys,
+    join_to_spine,
     micros,
     parse_window,
     prune_to,
     read_source,
     require_source_param,
+    spine_keys,
     spine_time_range,
     to_filters,
 )
@@ -309,11 +311,7 @@ class WindowAggregates(
         ).repartition("__e")
         events = self._add_next_occurrences(events, specs)
 
-        keys = (
-            spine.select(F.col(entity).alias("__e"), micros(as_of).alias("__a"))
-            .where(F.col("__e").isNotNull() & F.col("__a").isNotNull())
-            .distinct()
-        )
+        keys = spine_keys(spine, entity, as_of)
         joined = events.join(
             keys,
             (events["__e"] == keys["__e"])
@@ -328,26 +326,22 @@ class WindowAggregates(
         ]
         features = joined.groupBy("__e", "__a").agg(*aggregates)
 
-        keyed = spine.withColumn("__e", F.col(entity)).withColumn("__a", micros(as_of))
-        out = keyed.join(features, on=["__e", "__a"], how="left")
         zero_when_empty = {
             self._name(s, v, w)
             for s, v in self._variants()
             for w in self.getWindows()
             if s["agg"] in _ZERO_WHEN_EMPTY
         }
-        return out.select(
-            *[keyed[c] for c in spine.columns],
-            *[
-                F.expr(
-                    "CASE WHEN `__e` IS NOT NULL AND `__a` IS NOT NULL "
-                    f"THEN coalesce(`{n}`, 0) END AS `{n}`"
-                )
-                if n in zero_when_empty
-                else F.col(n)
-                for n in outputs
-            ],
-        )
+        columns = [
+            F.expr(
+                "CASE WHEN `__e` IS NOT NULL AND `__a` IS NOT NULL "
+                f"THEN coalesce(`{n}`, 0) END AS `{n}`"
+            )
+            if n in zero_when_empty
+            else F.col(n)
+            for n in outputs
+        ]
+        return join_to_spine(spine, entity, as_of, features, columns)
 
     def _condition(self, spec: dict[str, Any], value: object | None) -> str:
         """SQL condition of a spec's filter and split value (plain SQL: one JVM call each)."""

@@ -27,9 +27,11 @@ from sparkml_prod.features._common import (
     check_outputs_are_new,
     check_spine,
     exclude_null_keys,
+    join_to_spine,
     micros,
     read_source,
     require_source_param,
+    spine_keys,
 )
 
 __all__ = ["PointInTimeLookup"]
@@ -112,15 +114,10 @@ class PointInTimeLookup(
             (micros(valid_from) * 2 + 1).alias("__k"),
             state.alias("__s"),
         )
-        keys = (
-            spine.select(F.col(entity).alias("__e"), micros(as_of).alias("__t"))
-            .where(F.col("__e").isNotNull() & F.col("__t").isNotNull())
-            .distinct()
-            .select(
-                "__e",
-                (F.col("__t") * 2).alias("__k"),
-                F.lit(None).cast(rows.schema["__s"].dataType).alias("__s"),
-            )
+        keys = spine_keys(spine, entity, as_of, time_name="__t").select(
+            "__e",
+            (F.col("__t") * 2).alias("__k"),
+            F.lit(None).cast(rows.schema["__s"].dataType).alias("__s"),
         )
         # Keys sort before attribute rows valid from the same instant: those are not seen.
         ordered = (
@@ -134,10 +131,6 @@ class PointInTimeLookup(
             .where(F.col("__k") % 2 == 0)
             .select("__e", (F.col("__k") / 2).cast("long").alias("__a"), "__found")
         )
-        keyed = spine.withColumn("__e", F.col(entity)).withColumn("__a", micros(as_of))
-        joined = keyed.join(found, on=["__e", "__a"], how="left")
         prefix = self.getOrDefault(self.outputPrefix)
-        return joined.select(
-            *[keyed[c] for c in spine.columns],
-            *[F.col("__found").getField(c).alias(prefix + c) for c in attributes],
-        )
+        outputs = [F.col("__found").getField(c).alias(prefix + c) for c in attributes]
+        return join_to_spine(spine, entity, as_of, found, outputs)

@@ -33,11 +33,13 @@ from sparkml_prod.features._common import (
     check_outputs_are_new,
     check_spine,
     exclude_null_keys,
+    join_to_spine,
     micros,
     parse_window,
     prune_to,
     read_source,
     require_source_param,
+    spine_keys,
     spine_time_range,
     to_filters,
 )
@@ -149,16 +151,11 @@ class Recency(Transformer, HasSpineKeys, HasSource, DefaultParamsReadable, Defau
             micros(timestamp).alias("__t"),
             *flags,
         )
-        keys = (
-            spine.select(F.col(entity).alias("__e"), micros(as_of).alias("__t"))
-            .where(F.col("__e").isNotNull() & F.col("__t").isNotNull())
-            .distinct()
-            .select(
-                "__e",
-                (F.col("__t") * 2).alias("__k"),
-                "__t",
-                *[F.lit(None).cast("boolean").alias(f"__f{i}") for i in range(len(flags))],
-            )
+        keys = spine_keys(spine, entity, as_of, time_name="__t").select(
+            "__e",
+            (F.col("__t") * 2).alias("__k"),
+            "__t",
+            *[F.lit(None).cast("boolean").alias(f"__f{i}") for i in range(len(flags))],
         )
         ordered = Window.partitionBy("__e").orderBy("__k")
         running = ordered.rowsBetween(Window.unboundedPreceding, Window.currentRow)
@@ -186,6 +183,4 @@ class Recency(Transformer, HasSpineKeys, HasSource, DefaultParamsReadable, Defau
                     ((F.col("__t") - seen) / F.lit(_DAY_MICROS)).alias(names[len(outputs)])
                 )
         found = found.select(F.col("__e"), F.col("__t").alias("__a"), *outputs)
-        keyed = spine.withColumn("__e", F.col(entity)).withColumn("__a", micros(as_of))
-        joined = keyed.join(found, on=["__e", "__a"], how="left")
-        return joined.select(*[keyed[c] for c in spine.columns], *names)
+        return join_to_spine(spine, entity, as_of, found, [F.col(n) for n in names])
