@@ -139,6 +139,39 @@ class HasSource(Params):
         return self._set(timestampCol=value)
 
 
+class HasFilters(Params):
+    """Named SQL conditions on the source, e.g. ``{"purchase": "event_type = 'purchase'"}``."""
+
+    filters: Param[dict[str, str]] = Param(
+        Params._dummy(), "filters", "named SQL conditions on the source", to_filters
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._setDefault(filters={})
+
+    def getFilters(self) -> dict[str, str]:
+        return self.getOrDefault(self.filters)
+
+    def setFilters(self, value: dict[str, str]) -> Any:
+        return self._set(filters=value)
+
+
+class HasOutputPrefix(Params):
+    """A prefix prepended to every output column of a stage."""
+
+    outputPrefix: Param[str] = Param(
+        Params._dummy(), "outputPrefix", "prefix of every output column", TypeConverters.toString
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._setDefault(outputPrefix="")
+
+    def getOutputPrefix(self) -> str:
+        return self.getOrDefault(self.outputPrefix)
+
+
 def require_source_param(stage: Params) -> str:
     if not stage.isDefined("sourceTable"):
         raise ValueError(

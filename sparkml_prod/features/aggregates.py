@@ -55,6 +55,8 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from sparkml_prod.features._common import (
+    HasFilters,
+    HasOutputPrefix,
     HasSource,
     HasSpineKeys,
     check_filters,
@@ -69,7 +71,6 @@ from sparkml_prod.features._common import (
     require_source_param,
     spine_keys,
     spine_time_range,
-    to_filters,
 )
 from sparkml_prod.tables import NUMERIC, sql_literal
 
@@ -142,7 +143,13 @@ def _slug(value: object) -> str:
 
 
 class WindowAggregates(
-    Transformer, HasSpineKeys, HasSource, DefaultParamsReadable, DefaultParamsWritable
+    Transformer,
+    HasSpineKeys,
+    HasSource,
+    HasFilters,
+    HasOutputPrefix,
+    DefaultParamsReadable,
+    DefaultParamsWritable,
 ):
     """Point-in-time aggregates of a source over many windows, in one aggregation.
 
@@ -166,12 +173,6 @@ class WindowAggregates(
     aggregations: Param[list[dict[str, Any]]] = Param(
         Params._dummy(), "aggregations", "aggregation specs (see module docs)", to_aggregations
     )
-    filters: Param[dict[str, str]] = Param(
-        Params._dummy(), "filters", "named SQL conditions on the source", to_filters
-    )
-    outputPrefix: Param[str] = Param(
-        Params._dummy(), "outputPrefix", "prefix of every output column", TypeConverters.toString
-    )
 
     @keyword_only
     def __init__(
@@ -188,12 +189,7 @@ class WindowAggregates(
         outputPrefix: str = "",
     ) -> None:
         super().__init__()
-        self._setDefault(
-            windows=["7d", "30d", "90d"],
-            aggregations=[{"agg": "count"}],
-            filters={},
-            outputPrefix="",
-        )
+        self._setDefault(windows=["7d", "30d", "90d"], aggregations=[{"agg": "count"}])
         self.setParams(**self._input_kwargs)  # type: ignore[attr-defined]
 
     @keyword_only
@@ -206,17 +202,11 @@ class WindowAggregates(
     def setAggregations(self, value: list[dict[str, Any]]) -> WindowAggregates:
         return self._set(aggregations=value)
 
-    def setFilters(self, value: dict[str, str]) -> WindowAggregates:
-        return self._set(filters=value)
-
     def getWindows(self) -> list[str]:
         return self.getOrDefault(self.windows)
 
     def getAggregations(self) -> list[dict[str, Any]]:
         return self.getOrDefault(self.aggregations)
-
-    def getFilters(self) -> dict[str, str]:
-        return self.getOrDefault(self.filters)
 
     # -- naming -----------------------------------------------------------------------
 
@@ -243,7 +233,7 @@ class WindowAggregates(
                 spec["agg"],
                 *([spec["filter"]] if spec["filter"] else []),
             ]
-        return self.getOrDefault(self.outputPrefix) + "_".join([*parts, window])
+        return self.getOutputPrefix() + "_".join([*parts, window])
 
     def outputColumns(self) -> list[str]:
         """The feature columns this stage adds, in output order."""

@@ -22,6 +22,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from sparkml_prod.features._common import (
+    HasOutputPrefix,
     HasSource,
     HasSpineKeys,
     check_outputs_are_new,
@@ -45,7 +46,12 @@ def _to_columns(value: Any) -> list[str]:
 
 
 class PointInTimeLookup(
-    Transformer, HasSpineKeys, HasSource, DefaultParamsReadable, DefaultParamsWritable
+    Transformer,
+    HasSpineKeys,
+    HasSource,
+    HasOutputPrefix,
+    DefaultParamsReadable,
+    DefaultParamsWritable,
 ):
     """Attach the attributes valid just before as-of from a table with ``valid_from``.
 
@@ -59,9 +65,6 @@ class PointInTimeLookup(
 
     attributeCols: Param[list[str]] = Param(
         Params._dummy(), "attributeCols", "attribute columns to attach", _to_columns
-    )
-    outputPrefix: Param[str] = Param(
-        Params._dummy(), "outputPrefix", "prefix of every output column", TypeConverters.toString
     )
 
     @keyword_only
@@ -77,7 +80,7 @@ class PointInTimeLookup(
         outputPrefix: str = "",
     ) -> None:
         super().__init__()
-        self._setDefault(timestampCol="valid_from", outputPrefix="")
+        self._setDefault(timestampCol="valid_from")
         self.setParams(**self._input_kwargs)  # type: ignore[attr-defined]
 
     @keyword_only
@@ -93,7 +96,7 @@ class PointInTimeLookup(
         return self.getOrDefault(self.attributeCols)
 
     def outputColumns(self) -> list[str]:
-        prefix = self.getOrDefault(self.outputPrefix)
+        prefix = self.getOutputPrefix()
         return [prefix + c for c in self.getAttributeCols()]
 
     def _transform(self, spine: DataFrame) -> DataFrame:
@@ -131,6 +134,6 @@ class PointInTimeLookup(
             .where(F.col("__k") % 2 == 0)
             .select("__e", (F.col("__k") / 2).cast("long").alias("__a"), "__found")
         )
-        prefix = self.getOrDefault(self.outputPrefix)
+        prefix = self.getOutputPrefix()
         outputs = [F.col("__found").getField(c).alias(prefix + c) for c in attributes]
         return join_to_spine(spine, entity, as_of, found, outputs)

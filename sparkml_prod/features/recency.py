@@ -27,6 +27,8 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from sparkml_prod.features._common import (
+    HasFilters,
+    HasOutputPrefix,
     HasSource,
     HasSpineKeys,
     check_filters,
@@ -41,7 +43,6 @@ from sparkml_prod.features._common import (
     require_source_param,
     spine_keys,
     spine_time_range,
-    to_filters,
 )
 
 __all__ = ["Recency"]
@@ -56,7 +57,15 @@ def _to_lookback(value: Any) -> str:
     return text
 
 
-class Recency(Transformer, HasSpineKeys, HasSource, DefaultParamsReadable, DefaultParamsWritable):
+class Recency(
+    Transformer,
+    HasSpineKeys,
+    HasSource,
+    HasFilters,
+    HasOutputPrefix,
+    DefaultParamsReadable,
+    DefaultParamsWritable,
+):
     """Days (fractional) since the last and the first event before as-of.
 
     Examples
@@ -68,17 +77,11 @@ class Recency(Transformer, HasSpineKeys, HasSource, DefaultParamsReadable, Defau
      'days_since_last_purchase', 'days_since_first_purchase']
     """
 
-    filters: Param[dict[str, str]] = Param(
-        Params._dummy(), "filters", "named SQL conditions on the source", to_filters
-    )
     lookback: Param[str] = Param(
         Params._dummy(),
         "lookback",
         "only events within this window count ('' = all history)",
         _to_lookback,
-    )
-    outputPrefix: Param[str] = Param(
-        Params._dummy(), "outputPrefix", "prefix of every output column", TypeConverters.toString
     )
 
     @keyword_only
@@ -95,15 +98,12 @@ class Recency(Transformer, HasSpineKeys, HasSource, DefaultParamsReadable, Defau
         outputPrefix: str = "",
     ) -> None:
         super().__init__()
-        self._setDefault(filters={}, lookback="", outputPrefix="")
+        self._setDefault(lookback="")
         self.setParams(**self._input_kwargs)  # type: ignore[attr-defined]
 
     @keyword_only
     def setParams(self, **kwargs: Any) -> Recency:
         return self._set(**{k: v for k, v in kwargs.items() if v is not None})
-
-    def getFilters(self) -> dict[str, str]:
-        return self.getOrDefault(self.filters)
 
     def getLookback(self) -> str:
         return self.getOrDefault(self.lookback)
@@ -112,7 +112,7 @@ class Recency(Transformer, HasSpineKeys, HasSource, DefaultParamsReadable, Defau
         return [("event", None), *[(name, cond) for name, cond in self.getFilters().items()]]
 
     def outputColumns(self) -> list[str]:
-        prefix = self.getOrDefault(self.outputPrefix)
+        prefix = self.getOutputPrefix()
         return [
             f"{prefix}days_since_{which}_{name}"
             for name, _ in self._subjects()
