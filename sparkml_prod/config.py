@@ -19,7 +19,14 @@ import yaml
 
 from sparkml_prod.errors import ConfigError
 
-__all__ = ["load_config", "from_mapping", "GenerateConfig", "SpineConfig", "FeaturesConfig"]
+__all__ = [
+    "load_config",
+    "read_yaml",
+    "from_mapping",
+    "GenerateConfig",
+    "SpineConfig",
+    "FeaturesConfig",
+]
 
 T = TypeVar("T")
 
@@ -30,17 +37,22 @@ def load_config(path: str | Path, schema: type[T]) -> T:
     Examples
     --------
     >>> from sparkml_prod.config import GenerateConfig, load_config
-    >>> load_config("conf/generate.yaml", GenerateConfig).spec.n_users  # doctest: +SKIP
+    >>> load_config("conf/generate.yaml", GenerateConfig).n_users  # doctest: +SKIP
     10000
     """
+    data = read_yaml(path)
+    return from_mapping(data if data is not None else {}, schema, source=str(path))
+
+
+def read_yaml(path: str | Path, kind: str = "Config file") -> Any:
+    """Parse a YAML file; a missing or malformed file is a ConfigError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"Config file {path} does not exist.")
+        raise ConfigError(f"{kind} {path} does not exist.")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from exc
-    return from_mapping(data if data is not None else {}, schema, source=str(path))
+        raise ConfigError(f"{kind} {path} is not valid YAML: {exc}") from exc
 
 
 def from_mapping(data: Any, schema: type[T], source: str = "<config>", prefix: str = "") -> T:

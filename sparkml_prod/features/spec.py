@@ -36,10 +36,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Union
 
-import yaml
 from pyspark.ml.base import Estimator, Transformer
 from pyspark.ml.feature import SQLTransformer
 
+from sparkml_prod.config import read_yaml
 from sparkml_prod.errors import ConfigError
 from sparkml_prod.features.aggregates import WindowAggregates
 from sparkml_prod.features.categorical import categorical_indexer
@@ -76,13 +76,7 @@ def load_feature_spec(
     path: str | Path, sources: Mapping[str, str] | None = None
 ) -> list[PipelineStage]:
     """Read a YAML feature spec and build its stages (see the module docs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Feature spec {path} does not exist.")
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"Feature spec {path} is not valid YAML: {exc}") from exc
+    spec = read_yaml(path, kind="Feature spec")
     return build_feature_stages(spec, sources, origin=str(path))
 
 
