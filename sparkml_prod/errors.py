@@ -12,6 +12,11 @@ __all__ = [
     "SchemaError",
     "TableNotFoundError",
     "EmptyResultError",
+    "LeakageError",
+    "TrainingDataError",
+    "ClusterCapacityError",
+    "ModelNotFoundError",
+    "PromotionRefusedError",
 ]
 
 
@@ -33,3 +38,24 @@ class TableNotFoundError(SparkmlProdError, ValueError):
 
 class EmptyResultError(SparkmlProdError, ValueError):
     """A job would write an empty result over existing output."""
+
+
+class LeakageError(SparkmlProdError, ValueError):
+    """A train/validation/test split whose label windows reach into a later period."""
+
+
+class TrainingDataError(SparkmlProdError, ValueError):
+    """Training data that cannot give an honest model: one label class, no rows, labels
+    not yet complete."""
+
+
+class ClusterCapacityError(SparkmlProdError, RuntimeError):
+    """A distributed step needs more task slots than the Spark application has."""
+
+
+class ModelNotFoundError(SparkmlProdError, LookupError):
+    """A model name, version or alias that the registry does not hold."""
+
+
+class PromotionRefusedError(SparkmlProdError, RuntimeError):
+    """A candidate model that did not beat the current one by the configured margin."""

@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 from sparkml_prod.features._common import TIMESTAMP_TYPES, micros, parse_window, prune_to
 from sparkml_prod.tables import read_table
 
-__all__ = ["active_entity_spine", "as_of_timestamps"]
+__all__ = ["active_entity_spine", "as_of_schedule", "as_of_timestamps"]
 
 
 def as_of_timestamps(dates: Sequence[dt.date | dt.datetime]) -> list[dt.datetime]:
@@ -29,6 +29,26 @@ def as_of_timestamps(dates: Sequence[dt.date | dt.datetime]) -> list[dt.datetime
         else:
             out.append(dt.datetime(value.year, value.month, value.day))
     return sorted(set(out))
+
+
+def as_of_schedule(start: dt.date, end: dt.date, every: str) -> list[dt.datetime]:
+    """As-of instants ``start, start + every, ...`` up to and including ``end`` (UTC).
+
+    Examples
+    --------
+    >>> [d.day for d in as_of_schedule(dt.date(2024, 1, 1), dt.date(2024, 1, 29), "14d")]
+    [1, 15, 29]
+    """
+    step = dt.timedelta(microseconds=parse_window(every, owner="as_of_schedule", param="every"))
+    first = dt.datetime(start.year, start.month, start.day)
+    last = dt.datetime(end.year, end.month, end.day)
+    if last < first:
+        raise ValueError(f"as_of_schedule: end {end} is before start {start}.")
+    out = []
+    while first <= last:
+        out.append(first)
+        first += step
+    return out
 
 
 def active_entity_spine(
