@@ -1,0 +1,719 @@
+"""A model registry on any path Spark can write: local disk, ``file:``, HDFS, S3A, ...
+
+Layout under the registry root::
+
+    <root>/<name>/<version>/model/           the PipelineModel (model.write().save)
+    <root>/<name>/<version>/metadata.json    your metadata + name, version, created_at
+    <root>/<name>/<version>/report/          optional copy of a report directory
+    <root>/<name>/aliases/<alias>            {"version": 3, "updated_at": "...",
+                                              "previous_version": 2}
+
+Versions are the integers 1, 2, 3, ... A reference (*ref*) to one version is a string:
+``"churn"`` (the latest version), ``"churn/3"`` or ``"churn@production"`` (the version an
+alias points at).
+
+Everything except the PipelineModel itself goes through Hadoop's ``FileSystem`` API in
+the session's JVM, so the registry works wherever the cluster's Hadoop configuration
+reaches. How each write stays safe for concurrent readers:
+
+- **register** writes the whole version into a hidden sibling ``<name>/.tmp-<uuid>`` and
+  renames it to ``<name>/<version>`` (Hadoop ``FileContext`` rename, which refuses an
+  existing target). A crash leaves only the ``.tmp-*`` directory, which readers ignore;
+  a concurrent register that took the number first makes this one retry with the next.
+  On local disk and HDFS the rename is atomic. Object stores (S3A, GCS, ABFS) rename by
+  copying, so a version becomes visible file by file; readers list a version only once
+  its ``metadata.json`` is there.
+- **set_alias** writes a temp file next to the alias and moves it over the old one, so
+  readers see the old record or the new one, never a missing or partial file. On local
+  disk that is a POSIX ``rename(2)`` through Hadoop's raw local file system (not
+  ``FileContext``: its ``OVERWRITE`` rename on local disk deletes the target first, and
+  the checksummed local file system would leave a stale ``.crc`` beside the new file).
+  Other file systems get a ``FileContext`` rename with ``Options.Rename.OVERWRITE``,
+  atomic where the file system implements it natively (HDFS) and a delete + rename
+  otherwise; so does a file system without a ``FileContext`` binding. Object stores
+  (S3A, GCS, ABFS, ...) cannot rename atomically and get one PUT of the new object
+  instead, which readers see atomically too.
+- No file is ever appended to (object stores cannot): the alias record keeps the
+  version it replaced in ``previous_version``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from py4j.java_gateway import is_instance_of
+from py4j.protocol import Py4JJavaError
+from pyspark.ml import PipelineModel
+from pyspark.sql import SparkSession
+
+from sparkml_prod.errors import ModelNotFoundError, PromotionRefusedError, SparkmlProdError
+
+__all__ = ["ModelVersion", "ModelRegistry", "format_versions"]
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+_VERSION = re.compile(r"[1-9][0-9]*\Z")
+_TMP_PREFIX = ".tmp-"
+_MAX_REGISTER_ATTEMPTS = 100
+
+# File systems without an atomic rename, whose single PUT per object is atomic instead.
+_OBJECT_STORES = frozenset(
+    {"s3", "s3a", "s3n", "gs", "abfs", "abfss", "wasb", "wasbs", "oss", "cosn", "obs"}
+)
+
+# Metrics format_versions shows when a version's metadata["metrics"] has them.
+HEADLINE_METRICS: tuple[str, ...] = ("roc_auc", "pr_auc", "log_loss")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version of a model.
+
+    Attributes
+    ----------
+    name : str
+        Model name.
+    version : int
+        Version number, from 1.
+    path : str
+        The version directory, ``<root>/<name>/<version>``.
+    metadata : dict
+        The parsed ``metadata.json`` (with ``name``, ``version`` and ``created_at``).
+    has_report : bool
+        Whether a report directory was registered with the model.
+
+    Examples
+    --------
+    >>> v = ModelVersion("churn", 3, "/models/churn/3", {"version": 3})
+    >>> v.model_path
+    '/models/churn/3/model'
+    >>> v.report_path is None
+    True
+    """
+
+    name: str
+    version: int
+    path: str
+    metadata: dict[str, Any] = field(hash=False)
+    has_report: bool = field(default=False, repr=False)
+
+    @property
+    def model_path(self) -> str:
+        """Where the PipelineModel is saved: ``<path>/model``."""
+        return f"{self.path}/model"
+
+    @property
+    def report_path(self) -> str | None:
+        """The copied report directory ``<path>/report``, or None if none was registered."""
+        return f"{self.path}/report" if self.has_report else None
+
+
+# A promotion gate: gate(candidate, current holder of the alias or None) -> (ok, reason).
+Gate = Callable[[ModelVersion, ModelVersion | None], tuple[bool, str]]
+
+
+class _Storage:
+    """The Hadoop FileSystem calls of the registry, through the session's JVM."""
+
+    def __init__(self, spark: SparkSession, root: str) -> None:
+        jvm: Any = getattr(spark, "_jvm", None)
+        if jvm is None:
+            raise SparkmlProdError(
+                "ModelRegistry needs a classic SparkSession with a JVM (Hadoop's FileSystem "
+                f"API); got {type(spark).__name__} without one (Spark Connect?). Create the "
+                "session with sparkml_prod.get_spark()."
+            )
+        self._gateway: Any = spark.sparkContext._gateway
+        self._conf: Any = spark._jsc.hadoopConfiguration()
+        self._hadoop: Any = jvm.org.apache.hadoop.fs
+        self.fs: Any = self.path(root).getFileSystem(self._conf)
+        self.scheme = str(self.fs.getUri().getScheme())
+        # The local file system checksums through hidden .crc side files, which a rename
+        # cannot replace together with the file: alias files skip them.
+        checksummed = is_instance_of(self._gateway, self.fs, "org.apache.hadoop.fs.LocalFileSystem")
+        self._alias_fs: Any = self.fs.getRawFileSystem() if checksummed else self.fs
+
+    def path(self, location: str) -> Any:
+        return self._hadoop.Path(location)
+
+    def is_java(self, error: Py4JJavaError, class_name: str) -> bool:
+        return bool(is_instance_of(self._gateway, error.java_exception, class_name))
+
+    def list_dir(self, location: str) -> list[tuple[str, bool]]:
+        """(name, is_directory) of each child; empty when ``location`` does not exist."""
+        try:
+            statuses = self.fs.listStatus(self.path(location))
+        except Py4JJavaError as error:
+            if self.is_java(error, "java.io.FileNotFoundException"):
+                return []
+            raise
+        return [(str(s.getPath().getName()), bool(s.isDirectory())) for s in statuses]
+
+    def exists(self, location: str) -> bool:
+        return bool(self.fs.exists(self.path(location)))
+
+    def delete(self, location: str) -> None:
+        self.fs.delete(self.path(location), True)
+
+    def read_text(self, location: str, alias: bool = False) -> str | None:
+        """The file's text, or None when it does not exist."""
+        fs = self._alias_fs if alias else self.fs
+        try:
+            stream = fs.open(self.path(location))
+        except Py4JJavaError as error:
+            if self.is_java(error, "java.io.FileNotFoundException"):
+                return None
+            raise
+        try:
+            return bytes(stream.readAllBytes()).decode("utf-8")
+        finally:
+            stream.close()
+
+    def write_text(self, location: str, text: str, alias: bool = False) -> None:
+        fs = self._alias_fs if alias else self.fs
+        stream = fs.create(self.path(location), True)
+        stream.write(bytearray(text.encode("utf-8")))
+        stream.close()
+
+    def copy_in(self, source: str, target: str) -> None:
+        """Copy a directory tree from any file system (``file:`` URIs for local ones)."""
+        source_path = self.path(source)
+        self._hadoop.FileUtil.copy(
+            source_path.getFileSystem(self._conf),
+            source_path,
+            self.fs,
+            self.path(target),
+            False,
+            self._conf,
+        )
+
+    def _file_context(self) -> Any | None:
+        try:
+            return self._hadoop.FileContext.getFileContext(self.fs.getUri(), self._conf)
+        except Py4JJavaError as error:
+            if self.is_java(error, "org.apache.hadoop.fs.UnsupportedFileSystemException"):
+                return None
+            raise
+
+    def _rename_options(self, overwrite: bool) -> Any:
+        rename = getattr(self._hadoop, "Options$Rename")
+        options = self._gateway.new_array(rename, 1)
+        options[0] = rename.OVERWRITE if overwrite else rename.NONE
+        return options
+
+    def rename_new(self, source: str, target: str) -> bool:
+        """Rename to a target that must not exist; False when it does (nothing moved)."""
+        src, dst = (
+            self.fs.makeQualified(self.path(source)),
+            self.fs.makeQualified(self.path(target)),
+        )
+        context = self._file_context()
+        try:
+            if context is not None:
+                context.rename(src, dst, self._rename_options(overwrite=False))
+            elif self.fs.exists(dst) or not self.fs.rename(src, dst):
+                return False
+        except Py4JJavaError as error:
+            if self.is_java(error, "org.apache.hadoop.fs.FileAlreadyExistsException"):
+                return False
+            raise
+        # A target created between FileContext's existence check and the local rename
+        # makes Hadoop copy the source *into* it: move it back out and report a clash.
+        nested = self._hadoop.Path(dst, src.getName())
+        if self.fs.exists(nested):
+            self.fs.rename(nested, src)
+            return False
+        return True
+
+    def replace_file(self, location: str, text: str) -> None:
+        """Replace a small file so that readers see the old content or the new, whole."""
+        strategy = _replace_strategy(self.scheme)
+        if strategy == "put":
+            self.write_text(location, text, alias=True)
+            return
+        target = self.path(location)
+        temp = self._hadoop.Path(target.getParent(), f"{_TMP_PREFIX}{uuid.uuid4().hex}")
+        fs = self._alias_fs
+        stream = fs.create(temp, False)
+        stream.write(bytearray(text.encode("utf-8")))
+        stream.close()
+        try:
+            context = self._file_context() if strategy == "file_context" else None
+            if strategy == "posix_rename":
+                # RawLocalFileSystem.rename is java.io.File.renameTo: rename(2), which
+                # replaces an existing file atomically.
+                if not fs.rename(temp, target):
+                    raise SparkmlProdError(_refused_rename(temp, target))
+            elif context is not None:
+                context.rename(
+                    fs.makeQualified(temp),
+                    fs.makeQualified(target),
+                    self._rename_options(overwrite=True),
+                )
+            else:
+                fs.delete(target, False)
+                if not fs.rename(temp, target):
+                    raise SparkmlProdError(_refused_rename(temp, target))
+        except BaseException:
+            fs.delete(temp, False)
+            raise
+
+
+def _refused_rename(temp: Any, target: Any) -> str:
+    return (
+        f"Could not move the new alias record '{temp}' to '{target}': the file system "
+        f"refused the rename. Check write access to '{target.getParent()}' and retry."
+    )
+
+
+def _replace_strategy(scheme: str) -> str:
+    """How :meth:`_Storage.replace_file` replaces a file on a file system of this scheme."""
+    if scheme in _OBJECT_STORES:
+        return "put"
+    if scheme == "file":
+        return "posix_rename"
+    return "file_context"
+
+
+def _normalize_root(root: str) -> str:
+    if "://" in root or root.startswith("file:"):
+        stripped = root.rstrip("/")
+        return root if stripped.endswith(":") else stripped
+    return os.path.abspath(root)
+
+
+def _check_name(value: str, kind: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(
+            f"The {kind} {value!r} is not valid: it must start with a letter or digit and "
+            "contain only letters, digits, '_', '.' and '-'. Rename it, e.g. 'churn_v2'."
+        )
+    return value
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class ModelRegistry:
+    """Versioned PipelineModels with movable aliases, under one root path.
+
+    Parameters
+    ----------
+    spark : SparkSession
+        A classic (JVM-backed) session; its Hadoop configuration reaches the root.
+    root : str
+        Registry root: a local path, ``file:/...``, ``hdfs://...``, ``s3a://...``.
+        Created on the first register.
+
+    Examples
+    --------
+    >>> registry = ModelRegistry(spark, "s3a://ml/models")  # doctest: +SKIP
+    >>> v = registry.register("churn", model, {"metrics": {"roc_auc": 0.83}})  # doctest: +SKIP
+    >>> registry.promote("churn", v.version, "production")  # doctest: +SKIP
+    >>> scorer = registry.load("churn@production")  # doctest: +SKIP
+    """
+
+    def __init__(self, spark: SparkSession, root: str) -> None:
+        self.spark = spark
+        self.root = _normalize_root(root)
+        self._storage = _Storage(spark, self.root)
+
+    def __repr__(self) -> str:
+        return f"ModelRegistry(root={self.root!r})"
+
+    # -- paths ---------------------------------------------------------------------------
+
+    def _model_dir(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def _alias_file(self, name: str, alias: str) -> str:
+        return f"{self.root}/{name}/aliases/{alias}"
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _version_numbers(self, name: str) -> list[int]:
+        """Every version directory of ``name``, ascending (complete or still copying)."""
+        children = self._storage.list_dir(self._model_dir(name))
+        return sorted(int(n) for n, is_dir in children if is_dir and _VERSION.match(n))
+
+    def _read_version(self, name: str, version: int) -> ModelVersion | None:
+        path = f"{self._model_dir(name)}/{version}"
+        text = self._storage.read_text(f"{path}/metadata.json")
+        if text is None:
+            return None
+        try:
+            metadata = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise SparkmlProdError(
+                f"'{path}/metadata.json' is not valid JSON ({error}). Restore the file or "
+                f"delete the version directory '{path}'."
+            ) from error
+        has_report = self._storage.exists(f"{path}/report")
+        return ModelVersion(name, version, path, metadata, has_report)
+
+    def _read_alias(self, name: str, alias: str) -> dict[str, Any] | None:
+        location = self._alias_file(name, alias)
+        text = self._storage.read_text(location, alias=True)
+        if text is None:
+            return None
+        try:
+            record = json.loads(text)
+            int(record["version"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise SparkmlProdError(
+                f"Alias file '{location}' is not a JSON object with an integer 'version' "
+                f"({error!r}). Point the alias again with set_alias('{name}', '{alias}', "
+                "<version>)."
+            ) from error
+        return dict(record)
+
+    def _unknown_name(self, name: str, ref: str) -> ModelNotFoundError:
+        names = self.names()
+        held = (
+            f"Models in the registry: {', '.join(names)}."
+            if names
+            else "The registry holds no models yet."
+        )
+        return ModelNotFoundError(
+            f"No model '{name}' in registry '{self.root}' (ref '{ref}'). {held} "
+            "Check the name, or register the model first."
+        )
+
+    def _get_version(self, name: str, version: int, ref: str) -> ModelVersion:
+        found = self._read_version(name, version)
+        if found is not None:
+            return found
+        numbers = [v.version for v in self._versions(name, ref)]  # unknown name raises here
+        raise ModelNotFoundError(
+            f"No version {version} of model '{name}' in registry '{self.root}' (ref "
+            f"'{ref}'). Versions present: {', '.join(map(str, numbers))}. Use one of them, "
+            f"or '{name}' for the latest."
+        )
+
+    def names(self) -> list[str]:
+        """The registered model names, sorted.
+
+        Examples
+        --------
+        >>> ModelRegistry(spark, "/models").names()  # doctest: +SKIP
+        ['churn', 'fraud']
+        """
+        children = self._storage.list_dir(self.root)
+        return sorted(
+            n for n, is_dir in children if is_dir and _NAME.match(n) and self._version_numbers(n)
+        )
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        """Every complete version of ``name``, ascending (``.tmp-*`` leftovers ignored).
+
+        Raises
+        ------
+        ModelNotFoundError
+            When the registry holds no version of ``name``.
+
+        Examples
+        --------
+        >>> [v.version for v in registry.versions("churn")]  # doctest: +SKIP
+        [1, 2, 3]
+        """
+        return self._versions(name, name)
+
+    def _versions(self, name: str, ref: str) -> list[ModelVersion]:
+        _check_name(name, "model name")
+        found = [self._read_version(name, n) for n in self._version_numbers(name)]
+        versions = [v for v in found if v is not None]
+        if not versions:
+            raise self._unknown_name(name, ref)
+        return versions
+
+    def get(self, ref: str) -> ModelVersion:
+        """The version a ref names: ``"name@alias"``, ``"name/3"`` or ``"name"`` (latest).
+
+        Raises
+        ------
+        ModelNotFoundError
+            For an unknown name, version or alias, listing what the registry holds.
+        ValueError
+            For a malformed ref.
+
+        Examples
+        --------
+        >>> registry.get("churn@production").version  # doctest: +SKIP
+        2
+        """
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            _check_name(name, "model name")
+            _check_name(alias, "alias")
+            record = self._read_alias(name, alias)
+            if record is None:
+                held = self._aliases(name, ref)  # unknown name raises here
+                listing = ", ".join(f"{a} -> {v}" for a, v in sorted(held.items())) or "none"
+                raise ModelNotFoundError(
+                    f"No alias '{alias}' of model '{name}' in registry '{self.root}' (ref "
+                    f"'{ref}'). Aliases present: {listing}. Point it at a version with "
+                    f"set_alias('{name}', '{alias}', <version>) or promote()."
+                )
+            return self._get_version(name, int(record["version"]), ref)
+        if "/" in ref:
+            name, number = ref.split("/", 1)
+            _check_name(name, "model name")
+            if not _VERSION.match(number):
+                raise ValueError(
+                    f"The ref {ref!r} is not valid: after '/' comes a version number from 1. "
+                    f"Use e.g. '{name}/1', '{name}@production' or '{name}'."
+                )
+            return self._get_version(name, int(number), ref)
+        return self.versions(ref)[-1]
+
+    def load(self, ref: str) -> PipelineModel:
+        """Load the PipelineModel of a ref (see :meth:`get`).
+
+        Examples
+        --------
+        >>> scores = registry.load("churn@production").transform(features)  # doctest: +SKIP
+        """
+        return PipelineModel.load(self.get(ref).model_path)
+
+    def aliases(self, name: str) -> dict[str, int]:
+        """Each alias of ``name`` and the version it points at.
+
+        Examples
+        --------
+        >>> registry.aliases("churn")  # doctest: +SKIP
+        {'challenger': 3, 'production': 2}
+        """
+        return self._aliases(name, name)
+
+    def _aliases(self, name: str, ref: str) -> dict[str, int]:
+        if not self._version_numbers(_check_name(name, "model name")):
+            raise self._unknown_name(name, ref)
+        children = self._storage.list_dir(f"{self._model_dir(name)}/aliases")
+        held = {}
+        for alias, is_dir in sorted(children):
+            if not is_dir and _NAME.match(alias):
+                record = self._read_alias(name, alias)
+                if record is not None:
+                    held[alias] = int(record["version"])
+        return held
+
+    # -- writing -------------------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        model: PipelineModel,
+        metadata: dict[str, Any],
+        report_dir: str | None = None,
+    ) -> ModelVersion:
+        """Save ``model`` as the next version of ``name``.
+
+        The version is written completely into ``<root>/<name>/.tmp-<uuid>`` and then
+        renamed to ``<root>/<name>/<version>``, so no reader sees a partial version.
+
+        Parameters
+        ----------
+        name : str
+            Model name: a letter or digit, then letters, digits, ``_``, ``.``, ``-``.
+        model : PipelineModel
+            The fitted pipeline.
+        metadata : dict
+            JSON-serialisable facts about the model (metrics, training window, data
+            versions, ...). ``name``, ``version`` and ``created_at`` (UTC) are added.
+        report_dir : str, optional
+            A report directory (report.html, PNGs, metrics.json) copied to ``report/``.
+
+        Examples
+        --------
+        >>> v = registry.register("churn", model, {"metrics": {"roc_auc": 0.83}},
+        ...                       report_dir="demo-output/report")  # doctest: +SKIP
+        >>> v.version, v.report_path  # doctest: +SKIP
+        (1, '/models/churn/1/report')
+        """
+        _check_name(name, "model name")
+        try:
+            json.dumps(metadata)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"The metadata of model '{name}' is not JSON-serialisable: {error}. Convert "
+                "values to str, int, float, bool, list or dict first."
+            ) from error
+        report_source = None
+        if report_dir is not None:
+            report_source = report_dir
+            if "://" not in report_dir and not report_dir.startswith("file:"):
+                if not os.path.isdir(report_dir):
+                    raise FileNotFoundError(
+                        f"Report directory '{report_dir}' of model '{name}' does not exist "
+                        "or is not a directory. Write the report first, or pass "
+                        "report_dir=None."
+                    )
+                report_source = Path(report_dir).resolve().as_uri()
+
+        temp = f"{self._model_dir(name)}/{_TMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            model.write().save(f"{temp}/model")
+            if report_source is not None:
+                self._storage.copy_in(report_source, f"{temp}/report")
+            version = max(self._version_numbers(name), default=0) + 1
+            for _ in range(_MAX_REGISTER_ATTEMPTS):
+                record = {**metadata, "name": name, "version": version, "created_at": _utc_now()}
+                self._storage.write_text(f"{temp}/metadata.json", json.dumps(record, indent=2))
+                path = f"{self._model_dir(name)}/{version}"
+                if self._storage.rename_new(temp, path):
+                    return ModelVersion(name, version, path, record, report_source is not None)
+                # Another register took this number: try the next free one.
+                version = max([*self._version_numbers(name), version]) + 1
+            raise SparkmlProdError(
+                f"Could not register model '{name}' in registry '{self.root}': "
+                f"{_MAX_REGISTER_ATTEMPTS} version numbers were taken concurrently. Retry."
+            )
+        except BaseException:
+            self._storage.delete(temp)
+            raise
+
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        """Point ``alias`` of ``name`` at ``version``, atomically for readers.
+
+        The record keeps the version the alias pointed at before in
+        ``previous_version``. Pointing an alias at the version it already holds changes
+        nothing.
+
+        Raises
+        ------
+        ModelNotFoundError
+            When the version does not exist; the alias is left unchanged.
+
+        Examples
+        --------
+        >>> registry.set_alias("churn", "challenger", 3)  # doctest: +SKIP
+        """
+        _check_name(name, "model name")
+        _check_name(alias, "alias")
+        self._get_version(name, int(version), f"{name}/{version}")
+        current = self._read_alias(name, alias)
+        previous = None if current is None else int(current["version"])
+        if previous == version:
+            return
+        record = {"version": int(version), "updated_at": _utc_now(), "previous_version": previous}
+        self._storage.replace_file(self._alias_file(name, alias), json.dumps(record))
+
+    def promote(
+        self,
+        name: str,
+        version: int,
+        alias: str = "production",
+        *,
+        gate: Gate | None = None,
+    ) -> ModelVersion:
+        """Move ``alias`` to ``version`` if the ``gate`` (when given) accepts it.
+
+        Parameters
+        ----------
+        name, version : str, int
+            The candidate.
+        alias : str
+            The alias to move, ``"production"`` by default.
+        gate : callable, optional
+            Called as ``gate(candidate, current)`` where ``current`` is the version the
+            alias points at now (None if unset); returns ``(accepted, reason)``.
+
+        Returns
+        -------
+        ModelVersion
+            The candidate, which the alias now points at.
+
+        Raises
+        ------
+        PromotionRefusedError
+            When the gate refuses; the alias is unchanged.
+
+        Examples
+        --------
+        >>> def beats_current(candidate, current):
+        ...     if current is None:
+        ...         return True, "no current model"
+        ...     gain = candidate.metadata["metrics"]["roc_auc"] - current.metadata[
+        ...         "metrics"]["roc_auc"]
+        ...     return gain >= 0.005, f"roc_auc gain {gain:+.4f} (needs +0.0050)"
+        >>> registry.promote("churn", 3, gate=beats_current)  # doctest: +SKIP
+        """
+        candidate = self._get_version(name, int(version), f"{name}/{version}")
+        _check_name(alias, "alias")
+        record = self._read_alias(name, alias)
+        current = None if record is None else self._read_version(name, int(record["version"]))
+        if gate is not None:
+            accepted, reason = gate(candidate, current)
+            if not accepted:
+                holder = (
+                    f"still points at version {current.version}"
+                    if current is not None
+                    else "stays unset"
+                )
+                raise PromotionRefusedError(
+                    f"Promotion of model '{name}' version {candidate.version} to alias "
+                    f"'{alias}' refused: {reason}. The alias {holder}. Improve the "
+                    "candidate, or call set_alias to override the gate deliberately."
+                )
+        self.set_alias(name, alias, candidate.version)
+        return candidate
+
+
+def _format_metric(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "-" if value is None else str(value)
+    return f"{value:.4f}"
+
+
+def format_versions(versions: list[ModelVersion], aliases: dict[str, int]) -> str:
+    """A plain-text table of versions: number, creation time, aliases, headline metrics.
+
+    The metrics columns are those of ``roc_auc``, ``pr_auc`` and ``log_loss`` that at
+    least one version has in ``metadata["metrics"]``; ``-`` marks a missing value.
+
+    Examples
+    --------
+    >>> v1 = ModelVersion("churn", 1, "/m/churn/1",
+    ...                   {"created_at": "2024-06-01T10:00:00+00:00",
+    ...                    "metrics": {"roc_auc": 0.81234}})
+    >>> print(format_versions([v1], {"production": 1}))
+    version  created_at                 aliases     roc_auc
+          1  2024-06-01T10:00:00+00:00  production   0.8123
+    """
+    if not versions:
+        return "(no versions)"
+    metrics = [
+        m for m in HEADLINE_METRICS if any(m in (v.metadata.get("metrics") or {}) for v in versions)
+    ]
+    header = ["version", "created_at", "aliases", *metrics]
+    rows = []
+    for v in versions:
+        pointing = ", ".join(sorted(a for a, n in aliases.items() if n == v.version)) or "-"
+        values = v.metadata.get("metrics") or {}
+        rows.append(
+            [
+                str(v.version),
+                str(v.metadata.get("created_at", "-")),
+                pointing,
+                *(_format_metric(values.get(m)) for m in metrics),
+            ]
+        )
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    right = {0, *range(3, len(header))}
+
+    def line(cells: list[str]) -> str:
+        padded = (
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+        return "  ".join(padded).rstrip()
+
+    return "\n".join(line(r) for r in [header, *rows])
