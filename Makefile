@@ -31,7 +31,8 @@ $(JARS): $(INSTALLED)
 demo: setup
 	$(VENV)/bin/sparkml-prod generate --config conf/generate.yaml
 	$(VENV)/bin/sparkml-prod features --config conf/features_job.yaml
-	@echo "Delta tables written under $(CURDIR)/demo-output/tables"
+	$(VENV)/bin/sparkml-prod train --config conf/train.yaml
+	@echo "Delta tables under $(CURDIR)/demo-output/tables, models under $(CURDIR)/demo-output/models"
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
 from collections.abc import Sequence
 
-from sparkml_prod.config import FeaturesConfig, GenerateConfig, load_config
+from sparkml_prod.config import FeaturesConfig, GenerateConfig, TrainConfig, load_config
 
 __all__ = ["main", "generate_tables"]
 
@@ -76,6 +77,69 @@ def _features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from sparkml_prod.session import get_spark
+    from sparkml_prod.train_run import run_training
+
+    config = load_config(args.config, TrainConfig)
+    # Threads per XGBoost worker; under spark-submit the submitted value is kept and checked.
+    spark = get_spark("sparkml-prod-train", conf={"spark.task.cpus": str(config.model.task_cpus)})
+    run = run_training(spark, config)
+    m = run.metrics
+    print(f"registered {run.model_name} version {run.version} at {run.model_path}")
+    print(f"report: {run.report_path}")
+    print(
+        f"test: n={m['n']:,} base rate={m['base_rate']:.4f} ROC AUC={m['roc_auc']:.4f} "
+        f"PR AUC={m['pr_auc']:.4f} log loss={m['log_loss']:.4f} Brier={m['brier']:.4f}"
+    )
+    if "business" in m:
+        b = m["business"]
+        print(
+            f"business: best depth {b['best_depth']:.1%} of users, expected profit "
+            f"{b['best_expected_profit']:,.0f} "
+            f"(contacting everyone: {b['profit_contact_everyone']:,.0f})"
+        )
+    if run.promotion_note:
+        print(f"promotion: {run.promotion_note}")
+    print("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in run.timings.items()))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from sparkml_prod.registry import ModelRegistry, format_versions
+    from sparkml_prod.session import get_spark
+
+    spark = get_spark("sparkml-prod-models")
+    registry = ModelRegistry(spark, args.registry)
+    if args.action == "list":
+        names = [args.name] if args.name else registry.names()
+        for name in names:
+            print(f"== {name}")
+            print(format_versions(registry.versions(name), registry.aliases(name)))
+        return 0
+    if args.action == "show":
+        version = registry.get(args.name)
+        print(json.dumps({"path": version.path, **version.metadata}, indent=2, default=str))
+        return 0
+    gate = None
+    if args.config:
+        from pyspark.sql import functions as F
+
+        from sparkml_prod.matrix import SPLIT_COL, labelled_spine
+        from sparkml_prod.train_run import comparison_gate, resolve_split
+
+        config = load_config(args.config, TrainConfig)
+        test = {"test": list(resolve_split(config.split).test)}
+        labelled = labelled_spine(spark, config, test).where(F.col(SPLIT_COL) == "test")
+        labelled = labelled.select(config.spine.entity_col, "as_of", "label").cache()
+        gate = comparison_gate(spark, labelled, None, config.search.metric, args.margin)
+    if args.version is None:
+        raise SystemExit("models promote needs --version N")
+    promoted = registry.promote(args.name, args.version, args.alias, gate=gate)
+    print(f"{args.alias} -> {promoted.name}/{promoted.version}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparkml-prod", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
     features = commands.add_parser("features", help="build and write a feature matrix")
     features.add_argument("--config", required=True, help="YAML file (see conf/features_job.yaml)")
     features.set_defaults(run=_features)
+    train = commands.add_parser(
+        "train", help="build the training matrix, train, evaluate, report, register"
+    )
+    train.add_argument("--config", required=True, help="YAML file (see conf/train.yaml)")
+    train.set_defaults(run=_train)
+    models = commands.add_parser("models", help="list, show or promote registered models")
+    models.add_argument("action", choices=["list", "show", "promote"])
+    models.add_argument("name", nargs="?", help="model name (show: name, name/3 or name@alias)")
+    models.add_argument("--registry", required=True, help="registry root (registry_root)")
+    models.add_argument("--version", type=int, help="promote: the version to promote")
+    models.add_argument("--alias", default="production", help="promote: alias to move")
+    models.add_argument(
+        "--config",
+        help="promote: a train config whose test snapshot the candidate must win on",
+    )
+    models.add_argument("--margin", type=float, default=0.0, help="promote: required margin")
+    models.set_defaults(run=_models)
     return parser
 
 

@@ -26,6 +26,15 @@ __all__ = [
     "GenerateConfig",
     "SpineConfig",
     "FeaturesConfig",
+    "Schedule",
+    "TrainingSpineConfig",
+    "LabelConfig",
+    "SplitConfig",
+    "ModelConfig",
+    "SearchConfig",
+    "EvaluationConfig",
+    "BacktestConfig",
+    "TrainConfig",
 ]
 
 T = TypeVar("T")
@@ -203,3 +212,129 @@ class FeaturesConfig:
     sources: dict[str, str]
     spine: SpineConfig
     output_table: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """As-of dates ``start, start + every, ...`` up to and including ``end``."""
+
+    start: dt.date
+    end: dt.date
+    every: str = "30d"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSpineConfig:
+    """Who is in a training snapshot: entities with an event in the lookback before it."""
+
+    source: str
+    lookback: str = "90d"
+    entity_col: str = "user_id"
+    timestamp_col: str = "event_time"
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelConfig:
+    """What the model predicts: events matching ``filter`` in ``[as_of, as_of + horizon)``.
+
+    ``kind`` is binary (did it happen), count or sum (of ``value_col``); only binary
+    labels train the classifier. ``complete_until`` overrides the end of complete data
+    (default: midnight after the source's last event).
+    """
+
+    source: str
+    horizon: str = "30d"
+    filter: str | None = None
+    kind: str = "binary"
+    value_col: str | None = None
+    entity_col: str = "user_id"
+    timestamp_col: str = "event_time"
+    complete_until: dt.date | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    """Training, validation and test as-of dates: a list each, or a schedule for training."""
+
+    train: list[dt.date] | Schedule
+    validation: list[dt.date]
+    test: list[dt.date]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The model stage: ``xgboost`` (SparkXGBClassifier) or a pyspark.ml classifier's class
+    path, e.g. ``pyspark.ml.classification.LogisticRegression``.
+
+    ``num_workers`` XGBoost workers (each a Spark task with ``task_cpus`` cores: it must
+    equal the session's ``spark.task.cpus``); ``early_stopping_rounds`` on the validation
+    snapshot; ``standardize`` scales features for linear models (non-XGBoost models also
+    get missing values imputed with the training median, as they cannot take NaN).
+    """
+
+    type: str = "xgboost"
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    num_workers: int = 1
+    task_cpus: int = 1
+    early_stopping_rounds: int | None = 20
+    standardize: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Random search: ``trials`` candidates drawn from ``space`` (0: the params as given).
+
+    Each ``space`` entry maps a model param to one of ``{int: [low, high]}``,
+    ``{uniform: [low, high]}``, ``{log_uniform: [low, high]}`` or ``{choice: [...]}``.
+    Candidates are ranked by ``metric`` on the validation snapshot (``roc_auc`` or
+    ``pr_auc``: higher is better; ``log_loss``: lower is better).
+    """
+
+    trials: int = 0
+    seed: int = 0
+    metric: str = "roc_auc"
+    space: dict[str, dict[str, list[Any]]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    """Test-set evaluation: score bins, calibration bins, and the business value of
+    acting (both business numbers or neither)."""
+
+    bins: int = 10_000
+    calibration_bins: int = 10
+    value_per_true_positive: float | None = None
+    cost_per_action: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BacktestConfig:
+    """Rolling test dates: for each, train on the snapshots whose labels end before it."""
+
+    test: list[dt.date] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """``sparkml-prod train``: matrix, model, search, evaluation and registration.
+
+    ``promote_to`` (e.g. ``production``) moves that alias to the new version when it
+    beats the current holder on this run's test snapshot by ``promotion_margin`` of
+    ``search.metric`` (or when the alias is not set yet).
+    """
+
+    model_name: str
+    registry_root: str
+    feature_spec: str
+    sources: dict[str, str]
+    spine: TrainingSpineConfig
+    label: LabelConfig
+    split: SplitConfig
+    matrix_table: str
+    report_dir: str
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
+    evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+    backtest: BacktestConfig = dataclasses.field(default_factory=BacktestConfig)
+    promote_to: str | None = None
+    promotion_margin: float = 0.0

@@ -1,0 +1,258 @@
+"""Training end to end on generated data, and the checks that stop it before it starts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chispa import assert_approx_df_equality
+from pyspark.ml import PipelineModel
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from sparkml_prod.config import TrainConfig, from_mapping
+from sparkml_prod.datasets.synthetic import (
+    SyntheticSpec,
+    generate_events,
+    generate_user_attributes,
+)
+from sparkml_prod.errors import (
+    ClusterCapacityError,
+    LeakageError,
+    PromotionRefusedError,
+    TrainingDataError,
+)
+from sparkml_prod.evaluation import evaluate
+from sparkml_prod.registry import ModelRegistry
+from sparkml_prod.tables import table_exists, write_table
+from sparkml_prod.train_run import comparison_gate, run_training
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = SyntheticSpec(n_users=1500, start=dt.date(2023, 1, 1), end=dt.date(2023, 10, 1), seed=7)
+
+
+@pytest.fixture(scope="module")
+def tables(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("training-data")
+    refs = {"events": str(root / "events"), "user_attributes": str(root / "user_attributes")}
+    write_table(generate_events(spark, SPEC), refs["events"])
+    write_table(generate_user_attributes(spark, SPEC), refs["user_attributes"])
+    return refs
+
+
+def train_config(tables: dict[str, str], root: Path, **overrides: Any) -> TrainConfig:
+    settings: dict[str, Any] = {
+        "model_name": "purchase_30d",
+        "registry_root": str(root / "models"),
+        "feature_spec": str(ROOT / "conf" / "features.yaml"),
+        "sources": tables,
+        "spine": {"source": "events", "lookback": "90d"},
+        "label": {"source": "events", "filter": "event_type = 'purchase'", "horizon": "30d"},
+        "split": {
+            "train": {"start": dt.date(2023, 3, 1), "end": dt.date(2023, 6, 15), "every": "14d"},
+            "validation": [dt.date(2023, 7, 20)],
+            "test": [dt.date(2023, 9, 1)],
+        },
+        "matrix_table": str(root / "matrix"),
+        "report_dir": str(root / "report"),
+        "model": {
+            "num_workers": 1,
+            "early_stopping_rounds": 10,
+            "params": {"n_estimators": 150, "max_depth": 4, "learning_rate": 0.1},
+        },
+        "search": {"trials": 2, "seed": 3, "space": {"max_depth": {"int": [2, 5]}}},
+        "evaluation": {"value_per_true_positive": 10.0, "cost_per_action": 1.0},
+        "backtest": {"test": [dt.date(2023, 8, 20)]},
+        "promote_to": "production",
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(settings.get(key), dict):
+            settings[key] = {**settings[key], **value}
+        else:
+            settings[key] = value
+    return from_mapping(settings, TrainConfig, source="test config")
+
+
+@pytest.mark.slow
+def test_training_end_to_end(spark: SparkSession, tables: dict[str, str], tmp_path: Path) -> None:
+    config = train_config(tables, tmp_path)
+    run = run_training(spark, config)
+
+    # Honest evaluation: the model beats recency alone on the time-gapped test snapshot.
+    matrix = spark.read.format("delta").load(config.matrix_table)
+    test_rows = matrix.where(F.col("split") == "test")
+    recency_only = evaluate(
+        test_rows.select(
+            "label",
+            F.coalesce(1.0 / (1.0 + F.col("days_since_last_event")), F.lit(0.0)).alias("score"),
+        )
+    )
+    assert run.metrics["roc_auc"] > recency_only["roc_auc"] + 0.03, (
+        run.metrics["roc_auc"],
+        recency_only["roc_auc"],
+    )
+    assert run.metrics["n"] == test_rows.count()
+
+    # The report, the registry entry and its metadata.
+    report = Path(run.report_path).read_text()
+    assert report.count("data:image/png;base64,") >= 6
+    registry = ModelRegistry(spark, config.registry_root)
+    version = registry.get("purchase_30d@production")
+    assert version.version == run.version == 1
+    metadata = version.metadata
+    assert metadata["matrix"]["delta_version"] == 0
+    assert metadata["matrix"]["source_delta_versions"] == {
+        tables["events"]: 0,
+        tables["user_attributes"]: 0,
+    }
+    assert metadata["as_of_dates"]["test"] == ["2023-09-01"]
+    assert metadata["input_schema"]["spine"] == {"user_id": "bigint", "as_of": "timestamp"}
+    assert len(metadata["search"]["log"]) == 2
+    assert [f["test_as_of"] for f in metadata["backtest"]["folds"]] == ["2023-08-20"]
+    assert "purchase_count_30d" in metadata["feature_names"]
+
+    # One artefact: the registered PipelineModel scores a raw spine (user_id, as_of only),
+    # in a fresh Python process as a scoring job would, with the in-memory model's scores.
+    spine = test_rows.select("user_id", "as_of").limit(300)
+    spine_path = str(tmp_path / "raw_spine")
+    write_table(spine, spine_path)
+    scored_path = str(tmp_path / "scored_fresh")
+    script = (
+        "import sys\n"
+        "from pyspark.ml import PipelineModel\n"
+        "from sparkml_prod.session import get_spark\n"
+        "spark = get_spark('fresh-scoring', master='local[1]', ui=False)\n"
+        "model = PipelineModel.load(sys.argv[1])\n"
+        "spine = spark.read.format('delta').load(sys.argv[2])\n"
+        "model.transform(spine).select('user_id', 'as_of', 'score')"
+        ".write.format('delta').save(sys.argv[3])\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, version.model_path, spine_path, scored_path],
+        check=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    in_memory = PipelineModel.load(version.model_path).transform(
+        spark.read.format("delta").load(spine_path)
+    )
+    assert_approx_df_equality(
+        spark.read.format("delta").load(scored_path),
+        in_memory.select("user_id", "as_of", "score"),
+        precision=1e-6,
+        ignore_row_order=True,
+        ignore_nullable=True,
+    )
+
+    # A new version must beat production on the same test snapshot by the margin; the
+    # same model scores the same, so a positive margin refuses it and production stays.
+    second = registry.register("purchase_30d", PipelineModel.load(version.model_path), {})
+    labelled_test = test_rows.select("user_id", "as_of", "label")
+    refusing = comparison_gate(spark, labelled_test, None, "roc_auc", margin=0.01)
+    with pytest.raises(PromotionRefusedError, match="required margin 0.01"):
+        registry.promote("purchase_30d", second.version, "production", gate=refusing)
+    assert registry.aliases("purchase_30d") == {"production": 1}
+    accepting = comparison_gate(spark, labelled_test, None, "roc_auc", margin=0.0)
+    registry.promote("purchase_30d", second.version, "production", gate=accepting)
+    assert registry.aliases("purchase_30d") == {"production": 2}
+
+
+def test_linear_model_through_the_same_pipeline(
+    spark: SparkSession, tables: dict[str, str], tmp_path: Path
+) -> None:
+    config = train_config(
+        tables,
+        tmp_path,
+        model={
+            "type": "pyspark.ml.classification.LogisticRegression",
+            "standardize": True,
+            "params": {"regParam": 0.01, "maxIter": 50},
+        },
+        search={"trials": 0},
+        backtest={"test": []},
+        promote_to=None,
+    )
+    run = run_training(spark, config)
+    assert 0.6 < run.metrics["roc_auc"] < 1.0
+    metrics = json.loads((Path(config.report_dir) / "metrics.json").read_text())
+    assert metrics["roc_auc"] == run.metrics["roc_auc"]
+    assert "LogisticRegression on standardised features" in Path(run.report_path).read_text()
+
+
+def nothing_written(config: TrainConfig, spark: SparkSession) -> bool:
+    return not table_exists(spark, config.matrix_table) and not Path(config.registry_root).exists()
+
+
+def test_more_workers_than_slots_fails_before_any_data_is_read(
+    spark: SparkSession, tables: dict[str, str], tmp_path: Path
+) -> None:
+    config = train_config(tables, tmp_path, model={"num_workers": 3})
+    with pytest.raises(ClusterCapacityError) as error:
+        run_training(spark, config)
+    assert str(error.value) == (
+        "model.num_workers is 3 but the Spark application (master local[2]) has only 2 task "
+        "slot(s) with spark.task.cpus=1: XGBoost's barrier stage would wait and then fail. "
+        "Set model.num_workers to at most 2, or give the application more executor cores."
+    )
+    assert nothing_written(config, spark)
+
+
+def test_test_labels_beyond_the_data_are_refused(
+    spark: SparkSession, tables: dict[str, str], tmp_path: Path
+) -> None:
+    split = {"test": [dt.date(2023, 9, 15)]}
+    config = train_config(tables, tmp_path, split=split)
+    with pytest.raises(TrainingDataError) as error:
+        run_training(spark, config)
+    assert str(error.value) == (
+        f"Labels of as-of 2023-09-15 are not complete yet: horizon 30d needs events until "
+        f"2023-10-15, but source '{tables['events']}' is complete only until 2023-10-01. "
+        "Use as-of dates no later than 2023-09-01."
+    )
+    assert nothing_written(config, spark)
+
+
+def test_a_leaking_split_is_refused(
+    spark: SparkSession, tables: dict[str, str], tmp_path: Path
+) -> None:
+    config = train_config(tables, tmp_path, split={"validation": [dt.date(2023, 7, 1)]})
+    with pytest.raises(LeakageError, match="training as-of 2023-06-07 .* validation as-of"):
+        run_training(spark, config)
+    assert nothing_written(config, spark)
+
+
+def test_an_empty_spine_is_refused_before_features(
+    spark: SparkSession, tables: dict[str, str], tmp_path: Path
+) -> None:
+    # Before the data starts: nobody is active in the lookback of the training dates.
+    split = {"train": [dt.date(2022, 6, 1)], "validation": [dt.date(2023, 7, 20)]}
+    config = train_config(tables, tmp_path, split=split, backtest={"test": []})
+    with pytest.raises(TrainingDataError) as error:
+        run_training(spark, config)
+    assert str(error.value) == (
+        "The train snapshot(s) at 2022-06-01 have no rows: no entity was active in the spine "
+        "lookback before them. Check the dates against the events."
+    )
+    assert nothing_written(config, spark)
+
+
+def test_a_single_label_class_is_refused_before_features(
+    spark: SparkSession, tables: dict[str, str], tmp_path: Path
+) -> None:
+    label = {"filter": "event_type = 'no_such_event'"}
+    config = train_config(tables, tmp_path, label=label, backtest={"test": []})
+    with pytest.raises(TrainingDataError) as error:
+        run_training(spark, config)
+    message = str(error.value)
+    assert message.startswith("The train snapshot(s) at 2023-03-01, 2023-03-15, ")
+    assert "have a single label class: all " in message
+    assert message.endswith(
+        " rows are 0 (negative). A classifier needs both; check the label filter and "
+        "horizon, or choose other dates."
+    )
+    assert nothing_written(config, spark)
