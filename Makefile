@@ -7,6 +7,13 @@ JARS := $(VENV)/.delta-jars
 # Delta's Maven artifact for this Spark line; Ivy reads ~/.m2 first, so Maven can fill it.
 DELTA_ARTIFACT := io.delta:delta-spark_4.2_2.13:4.4.0
 PYTEST_ARGS ?=
+# Where `make demo` submits the scoring job (e.g. MASTER=spark://127.0.0.1:7077), and its date.
+MASTER ?= local[2]
+SCORE_AS_OF ?= 2024-07-01
+SUBMIT := PYSPARK_PYTHON=$(abspath $(PY)) PYSPARK_DRIVER_PYTHON=$(abspath $(PY)) \
+	$(VENV)/bin/spark-submit --master '$(MASTER)' --packages $(DELTA_ARTIFACT) \
+	--py-files dist/sparkml_prod.zip --driver-memory 4g --conf spark.sql.shuffle.partitions=8 \
+	--driver-java-options -Dlog4j2.configurationFile=$(CURDIR)/conf/log4j2.properties
 
 .PHONY: setup demo test lint dist clean
 
@@ -28,10 +35,21 @@ $(JARS): $(INSTALLED)
 	  || { tail -40 $(VENV)/delta-jars.log; exit 1; }
 	touch $@
 
-demo: setup
+# The wheel (for pip on executors' images) and a zip of the package for --py-files.
+dist: $(INSTALLED)
+	rm -rf dist && mkdir -p dist
+	$(PY) -m pip wheel --quiet --no-deps -w dist .
+	$(PY) -c "import pathlib, zipfile; \
+	  z = zipfile.ZipFile('dist/sparkml_prod.zip', 'w', zipfile.ZIP_DEFLATED); \
+	  [z.write(f) for f in sorted(pathlib.Path('sparkml_prod').rglob('*')) \
+	   if f.is_file() and '__pycache__' not in f.parts]; z.close()"
+	@ls -l dist
+
+demo: setup dist
 	$(VENV)/bin/sparkml-prod generate --config conf/generate.yaml
 	$(VENV)/bin/sparkml-prod features --config conf/features_job.yaml
 	$(VENV)/bin/sparkml-prod train --config conf/train.yaml
+	$(SUBMIT) jobs/score.py --config conf/score.yaml --as-of $(SCORE_AS_OF) --show 5
 	@echo "Delta tables under $(CURDIR)/demo-output/tables, models under $(CURDIR)/demo-output/models"
 
 test: setup

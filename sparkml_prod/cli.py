@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import sys
 import time
 from collections.abc import Sequence
 
-from sparkml_prod.config import FeaturesConfig, GenerateConfig, TrainConfig, load_config
+from sparkml_prod.config import (
+    FeaturesConfig,
+    GenerateConfig,
+    ScoreConfig,
+    TrainConfig,
+    load_config,
+)
 
 __all__ = ["main", "generate_tables"]
 
@@ -105,6 +112,34 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _as_of(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--as-of must be a date YYYY-MM-DD, got {value!r}"
+        ) from None
+
+
+def _score(args: argparse.Namespace) -> int:
+    from sparkml_prod.scoring import run_scoring
+    from sparkml_prod.session import get_spark
+    from sparkml_prod.tables import read_table
+
+    config = load_config(args.config, ScoreConfig)
+    as_of = args.as_of or dt.datetime.now(dt.timezone.utc).date()
+    spark = get_spark("sparkml-prod-score")
+    run = run_scoring(spark, config, as_of)
+    print(
+        f"scored {run.rows:,} users as of {run.as_of} ({run.by_variant}) into "
+        f"{run.output_table} in {run.seconds:.1f}s (run {run.run_id})"
+    )
+    if args.show:
+        written = read_table(spark, config.output_table).where(f"as_of = DATE'{as_of}'")
+        written.orderBy("user_id").show(args.show, truncate=False)
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
     from sparkml_prod.registry import ModelRegistry, format_versions
     from sparkml_prod.session import get_spark
@@ -155,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--config", required=True, help="YAML file (see conf/train.yaml)")
     train.set_defaults(run=_train)
+    score = commands.add_parser("score", help="score every user at an as-of date into Delta")
+    score.add_argument("--config", required=True, help="YAML file (see conf/score.yaml)")
+    score.add_argument(
+        "--as-of", type=_as_of, default=None, help="YYYY-MM-DD (default: today, UTC)"
+    )
+    score.add_argument("--show", type=int, default=0, help="print this many output rows")
+    score.set_defaults(run=_score)
     models = commands.add_parser("models", help="list, show or promote registered models")
     models.add_argument("action", choices=["list", "show", "promote"])
     models.add_argument("name", nargs="?", help="model name (show: name, name/3 or name@alias)")

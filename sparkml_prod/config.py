@@ -35,6 +35,9 @@ __all__ = [
     "EvaluationConfig",
     "BacktestConfig",
     "TrainConfig",
+    "ChallengerConfig",
+    "ScoringSpineConfig",
+    "ScoreConfig",
 ]
 
 T = TypeVar("T")
@@ -338,3 +341,43 @@ class TrainConfig:
     backtest: BacktestConfig = dataclasses.field(default_factory=BacktestConfig)
     promote_to: str | None = None
     promotion_margin: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ChallengerConfig:
+    """A second model: ``share`` of users (by a salted hash of the id) scored by it, or,
+    with ``shadow``, everyone scored by it into ``shadow_table`` while the champion serves."""
+
+    model: str
+    share: float = 0.0
+    salt: str = "challenger"
+    shadow: bool = False
+    shadow_table: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringSpineConfig:
+    """Who is scored: every entity of ``users_table``, or every entity with an event in
+    ``lookback`` (default: the model's longest feature window) of ``source`` (default: the
+    model's training spine source)."""
+
+    users_table: str | None = None
+    source: str | None = None
+    lookback: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreConfig:
+    """``sparkml-prod score`` / ``jobs/score.py``: which model scores whom, and where to.
+
+    ``sources`` maps a table the model was trained on to the table to read instead
+    (e.g. a production copy); ``allow_empty`` lets an empty result replace the partition.
+    """
+
+    model: str
+    registry_root: str
+    output_table: str
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)
+    spine: ScoringSpineConfig = dataclasses.field(default_factory=ScoringSpineConfig)
+    challenger: ChallengerConfig | None = None
+    allow_empty: bool = False

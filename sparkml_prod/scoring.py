@@ -1,0 +1,296 @@
+"""Batch scoring: the registered ``PipelineModel`` applied to a scoring spine, into Delta.
+
+:func:`run_scoring` is what ``jobs/score.py`` (``spark-submit``) and ``sparkml-prod
+score`` do, in this order:
+
+1. resolve the model reference (``name@production`` or ``name/3``) ONCE, and the
+   challenger's if configured, and load the fitted pipelines;
+2. build the scoring spine at the as-of instant (midnight UTC of ``as_of``): every entity
+   with an event in the model's longest feature window before it, or every entity of a
+   configured users table;
+3. check the spine and every source table against the input schema recorded in the
+   model's metadata (missing column, changed type, missing table: an error naming them)
+   before any long job;
+4. score with the loaded pipeline: the same object training produced, no feature code
+   here;
+5. write ``user_id, as_of, score, model_name, model_version, variant, scored_at, run_id``
+   into the scores table, partitioned by ``as_of`` (a date), replacing that partition in
+   one Delta commit: a rerun of the same date leaves no duplicates, other dates are
+   untouched, a killed run leaves the previous content. An empty result is refused
+   (previous output kept) unless ``allow_empty``.
+
+Champion/challenger: a user's variant comes from ``xxhash64(salt, user_id)`` modulo
+10,000 buckets; buckets below ``share * 10000`` go to the challenger. The assignment is
+stable across runs and machines, and raising the share only moves users from champion to
+challenger. Each user is scored by exactly one model. In shadow mode the champion serves
+everyone and the challenger scores everyone into a separate table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.ml import PipelineModel
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from sparkml_prod.config import ScoreConfig
+from sparkml_prod.errors import ConfigError, EmptyResultError, SchemaError
+from sparkml_prod.registry import ModelRegistry, ModelVersion
+from sparkml_prod.spine import active_entity_spine
+from sparkml_prod.tables import overwrite_partition, read_table
+
+__all__ = [
+    "ScoringRun",
+    "LoadedModel",
+    "run_scoring",
+    "assign_variant",
+    "variant_bucket",
+    "BUCKETS",
+    "check_inputs",
+]
+
+log = logging.getLogger("sparkml_prod.scoring")
+
+BUCKETS = 10_000
+ROWS_PER_FILE = 1_000_000
+OUTPUT_COLUMNS = (
+    "user_id",
+    "as_of",
+    "score",
+    "model_name",
+    "model_version",
+    "variant",
+    "scored_at",
+    "run_id",
+)
+
+
+@dataclass
+class LoadedModel:
+    """A registered version and its fitted pipeline, with sources pointed where configured."""
+
+    version: ModelVersion
+    pipeline: PipelineModel
+
+    @property
+    def label(self) -> str:
+        return f"{self.version.name}/{self.version.version}"
+
+
+@dataclass
+class ScoringRun:
+    run_id: str
+    as_of: dt.date
+    rows: int
+    by_variant: dict[str, int]
+    seconds: float
+    output_table: str
+
+
+def variant_bucket(entity: Column, salt: str) -> Column:
+    """The user's bucket in ``[0, BUCKETS)``: a hash of the salt and the id as a string
+    (so an int and a bigint id land in the same bucket)."""
+    return F.pmod(F.xxhash64(F.lit(salt), entity.cast("string")), F.lit(BUCKETS))
+
+
+def assign_variant(entity: Column, salt: str, share: float) -> Column:
+    """``challenger`` for a ``share`` of users (by bucket), ``champion`` for the rest."""
+    if not 0.0 <= share <= 1.0:
+        raise ConfigError(f"challenger.share must be between 0 and 1, got {share}.")
+    cut = int(round(share * BUCKETS))
+    return F.when(variant_bucket(entity, salt) < F.lit(cut), "challenger").otherwise("champion")
+
+
+def _retarget_sources(pipeline: PipelineModel, sources: Mapping[str, str]) -> None:
+    """Point the feature stages' sources at the configured tables (training ref -> ref)."""
+    for stage in pipeline.stages:
+        if stage.hasParam("sourceTable") and stage.isSet(stage.getParam("sourceTable")):
+            current = stage.getOrDefault(stage.getParam("sourceTable"))
+            if current in sources:
+                stage.set(stage.getParam("sourceTable"), sources[current])
+
+
+def load_model(registry: ModelRegistry, ref: str, sources: Mapping[str, str]) -> LoadedModel:
+    version = registry.get(ref)
+    pipeline = PipelineModel.load(version.model_path)
+    _retarget_sources(pipeline, sources)
+    return LoadedModel(version, pipeline)
+
+
+def check_inputs(
+    spark: SparkSession, model: LoadedModel, spine: DataFrame, sources: Mapping[str, str]
+) -> None:
+    """The spine and the sources must have the columns and types the model was trained on.
+
+    Only schemas are read: no Spark job runs.
+    """
+    recorded = model.version.metadata.get("input_schema", {})
+    present = {f.name: f.dataType.simpleString() for f in spine.schema.fields}
+    for column, kind in recorded.get("spine", {}).items():
+        if present.get(column) != kind:
+            found = present.get(column, "missing")
+            raise SchemaError(
+                f"The scoring spine's column '{column}' is {found}; model {model.label} was "
+                f"trained on {kind}. Spine columns: "
+                f"{', '.join(f'{k} {v}' for k, v in present.items())}."
+            )
+    for trained_ref, columns in recorded.get("sources", {}).items():
+        ref = sources.get(trained_ref, trained_ref)
+        table = read_table(spark, ref)
+        have = {f.name: f.dataType.simpleString() for f in table.schema.fields}
+        for column, kind in columns.items():
+            if have.get(column) != kind:
+                problem = "is missing column" if column not in have else "has column"
+                found = "" if column not in have else f" of type {have[column]}"
+                raise SchemaError(
+                    f"Table '{ref}' {problem} '{column}'{found}; model {model.label} was "
+                    f"trained with '{column}' {kind} from '{trained_ref}'. Columns present: "
+                    f"{', '.join(f'{k} {v}' for k, v in have.items())}. Nothing was scored "
+                    "or written."
+                )
+
+
+def scoring_spine(
+    spark: SparkSession, model: LoadedModel, config: ScoreConfig, as_of: dt.datetime
+) -> DataFrame:
+    """Who is scored: every entity of ``spine.users_table``, or every entity with an event
+    in the model's longest feature window (or ``spine.lookback``) before as-of."""
+    meta = model.version.metadata.get("spine", {})
+    entity = meta.get("entity_col", "user_id")
+    if config.spine.users_table:
+        users = read_table(spark, config.spine.users_table, required={entity: ()})
+        return (
+            users.select(entity)
+            .where(F.col(entity).isNotNull())
+            .distinct()
+            .withColumn("as_of", F.lit(as_of).cast("timestamp"))
+        )
+    trained_sources = model.version.metadata.get("config", {}).get("sources", {})
+    source = config.spine.source or meta.get("source")
+    if source is None:
+        raise ConfigError(
+            f"Model {model.label} records no spine source: set spine.source or "
+            "spine.users_table in the scoring config."
+        )
+    ref = trained_sources.get(source, source)
+    ref = config.sources.get(ref, ref)
+    lookback = config.spine.lookback or meta.get("longest_window") or meta.get("lookback")
+    return active_entity_spine(
+        spark,
+        ref,
+        [as_of],
+        lookback=lookback or "90d",
+        entity_col=entity,
+        timestamp_col=meta.get("timestamp_col", "event_time"),
+    )
+
+
+def _scores(
+    model: LoadedModel, spine: DataFrame, variant: str, entity: str, meta: dict[str, Any]
+) -> DataFrame:
+    out = model.pipeline.transform(spine)
+    return out.select(
+        F.col(entity).alias("user_id"),
+        F.to_date(F.col("as_of")).alias("as_of"),
+        F.col("score").cast("double").alias("score"),
+        F.lit(model.version.name).alias("model_name"),
+        F.lit(model.version.version).alias("model_version"),
+        F.lit(variant).alias("variant"),
+        *[F.lit(v).alias(k) for k, v in meta.items()],
+    )
+
+
+def _write(scored: DataFrame, table: str, as_of: dt.date, allow_empty: bool) -> dict[str, int]:
+    """Count (which computes and caches the scores), refuse empty, replace the partition."""
+    scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        counts = {
+            r["variant"]: int(r["n"])
+            for r in scored.groupBy("variant").agg(F.count(F.lit(1)).alias("n")).collect()
+        }
+        if not counts and not allow_empty:
+            raise EmptyResultError(
+                f"Scoring as-of {as_of} produced no rows, so nothing was written to '{table}' "
+                "(its previous content is kept). Check the spine (active users before "
+                "as-of) or set allow_empty: true."
+            )
+        # About a million rows per file, whatever the shuffle partitioning upstream.
+        files = max(1, math.ceil(sum(counts.values()) / ROWS_PER_FILE))
+        overwrite_partition(scored.coalesce(files), table, {"as_of": as_of})
+    finally:
+        scored.unpersist()
+    return counts
+
+
+def run_scoring(spark: SparkSession, config: ScoreConfig, as_of: dt.date) -> ScoringRun:
+    """Score every user of the spine at ``as_of`` and write the partition (module docs)."""
+    started = time.perf_counter()
+    instant = dt.datetime(as_of.year, as_of.month, as_of.day)
+    registry = ModelRegistry(spark, config.registry_root)
+    champion = load_model(registry, config.model, config.sources)
+    challenger = (
+        load_model(registry, config.challenger.model, config.sources) if config.challenger else None
+    )
+    if config.challenger and config.challenger.shadow and not config.challenger.shadow_table:
+        raise ConfigError("challenger.shadow needs challenger.shadow_table to write into.")
+    log.info(
+        "scoring as-of %s with %s%s",
+        as_of,
+        champion.label,
+        f" and challenger {challenger.label}" if challenger else "",
+    )
+    spine = scoring_spine(spark, champion, config, instant)
+    for model in (champion, challenger):
+        if model is not None:
+            check_inputs(spark, model, spine, config.sources)
+
+    entity = champion.version.metadata.get("spine", {}).get("entity_col", "user_id")
+    run_id = uuid.uuid4().hex
+    meta = {
+        "scored_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
+        "run_id": run_id,
+    }
+    if challenger is None or config.challenger is None:
+        scored = _scores(champion, spine, "champion", entity, meta)
+    elif config.challenger.shadow:
+        scored = _scores(champion, spine, "champion", entity, meta)
+        shadow = _scores(challenger, spine, "shadow", entity, meta)
+        assert config.challenger.shadow_table is not None
+        _write(shadow, config.challenger.shadow_table, as_of, config.allow_empty)
+    else:
+        variant = assign_variant(F.col(entity), config.challenger.salt, config.challenger.share)
+        assigned = spine.withColumn("__variant", variant)
+        scored = _scores(
+            champion,
+            assigned.where(F.col("__variant") == "champion").drop("__variant"),
+            "champion",
+            entity,
+            meta,
+        ).unionByName(
+            _scores(
+                challenger,
+                assigned.where(F.col("__variant") == "challenger").drop("__variant"),
+                "challenger",
+                entity,
+                meta,
+            )
+        )
+    counts = _write(scored.select(*OUTPUT_COLUMNS), config.output_table, as_of, config.allow_empty)
+    seconds = time.perf_counter() - started
+    return ScoringRun(
+        run_id=run_id,
+        as_of=as_of,
+        rows=sum(counts.values()),
+        by_variant=counts,
+        seconds=seconds,
+        output_table=config.output_table,
+    )
