@@ -28,17 +28,17 @@ import argparse
 import datetime as dt
 import json
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from pyspark.ml import PipelineModel  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
+from timing import best_of  # noqa: E402
 
 from sparkml_prod.config import ScoreConfig, ScoringSpineConfig  # noqa: E402
 from sparkml_prod.datasets.synthetic import (  # noqa: E402
@@ -53,15 +53,6 @@ from sparkml_prod.session import get_spark  # noqa: E402
 from sparkml_prod.tables import table_exists, write_table  # noqa: E402
 
 AS_OF = dt.date(2024, 7, 1)
-
-
-def best_of(repeats: int, run: Any) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import xgboost  # noqa: E402
 from pyspark.ml import Pipeline  # noqa: E402
@@ -41,20 +41,12 @@ from pyspark.ml.feature import VectorAssembler  # noqa: E402
 from pyspark.ml.functions import vector_to_array  # noqa: E402
 from pyspark.sql import DataFrame  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
+from timing import best_of  # noqa: E402
 from xgboost.spark import SparkXGBClassifier  # noqa: E402
 
 from sparkml_prod.session import get_spark  # noqa: E402
 
 PARAMS = {"max_depth": 5, "learning_rate": 0.1, "subsample": 0.8, "min_child_weight": 5}
-
-
-def best_of(repeats: int, run: Any) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def force_scores(scored: DataFrame) -> float:
