@@ -126,11 +126,13 @@ def model_stages(
         # verbose: no per-iteration evaluation log on the executors' stdout
         settings = {"n_estimators": 200, "verbose": False, **params}
         if model.early_stopping_rounds:
+            # the validation rows (flagged) stop the boosting; without early stopping
+            # there is no validation set (an empty one fails inside XGBoost)
             settings["early_stopping_rounds"] = model.early_stopping_rounds
+            settings["validation_indicator_col"] = VALIDATION_FLAG
         classifier = SparkXGBClassifier(
             features_col=FEATURES_VECTOR,
             label_col=label_col,
-            validation_indicator_col=VALIDATION_FLAG,
             num_workers=model.num_workers,
             feature_names=features,
             missing=math.nan,
