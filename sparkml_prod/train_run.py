@@ -233,8 +233,9 @@ def _jsonable(value: Any) -> Any:
 
 def run_training(spark: SparkSession, config: TrainConfig) -> TrainingRun:
     """Train, evaluate, report and register one model version (see the module docs)."""
-    from sparkml_prod.evaluation import BusinessValue, evaluate, score_histogram, write_report
+    from sparkml_prod.evaluation import BusinessValue, evaluate, score_histogram
     from sparkml_prod.registry import ModelRegistry
+    from sparkml_prod.report import write_report
 
     timings: dict[str, float] = {}
     started = time.perf_counter()

@@ -22,8 +22,8 @@ from sparkml_prod.evaluation import (
     binned_scores,
     evaluate,
     score_histogram,
-    write_report,
 )
+from sparkml_prod.report import write_report
 
 SCHEMA = StructType([StructField("label", DoubleType()), StructField("score", DoubleType())])
 
