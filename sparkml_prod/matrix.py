@@ -18,7 +18,15 @@ from sparkml_prod.features import load_feature_spec
 from sparkml_prod.features.spec import PipelineStage
 from sparkml_prod.labels import add_labels
 from sparkml_prod.spine import active_entity_spine
-from sparkml_prod.tables import delta_version, is_path, read_table, table_path, write_table
+from sparkml_prod.tables import (
+    NUMERIC,
+    delta_version,
+    is_path,
+    read_table,
+    schema_of,
+    table_path,
+    write_table,
+)
 
 __all__ = [
     "fit_feature_pipeline",
@@ -101,10 +109,6 @@ def source_versions(spark: SparkSession, sources: Mapping[str, str]) -> dict[str
         except Exception:  # a view or a non-Delta catalog table: no time travel
             out[ref] = None
     return out
-
-
-def schema_of(df: DataFrame) -> dict[str, str]:
-    return {field.name: field.dataType.simpleString() for field in df.schema.fields}
 
 
 def labelled_spine(
@@ -199,15 +203,12 @@ def build_training_matrix(
     finally:
         labelled.unpersist()
     spine_columns = {config.spine.entity_col, "as_of", "label", SPLIT_COL}
-    written = read_table(spark, config.matrix_table)
-    numeric = ("tinyint", "smallint", "int", "bigint", "float", "double", "boolean")
+    written = schema_of(read_table(spark, config.matrix_table))
+    # Numeric and boolean columns are features; strings (raw categories) are not.
     features = [
-        f.name
-        for f in written.schema.fields
-        if f.name not in spine_columns
-        and (
-            f.dataType.simpleString() in numeric or f.dataType.simpleString().startswith("decimal")
-        )
+        name
+        for name, kind in written.items()
+        if name not in spine_columns and kind.split("(")[0] in (*NUMERIC, "boolean")
     ]
     categorical = [
         c
@@ -215,9 +216,7 @@ def build_training_matrix(
         if hasattr(stage, "getOutputCols") and stage.hasParam("stringOrderType")
         for c in stage.getOutputCols()
     ]
-    spine_schema = {
-        k: v for k, v in schema_of(written).items() if k in (config.spine.entity_col, "as_of")
-    }
+    spine_schema = {k: v for k, v in written.items() if k in (config.spine.entity_col, "as_of")}
     return TrainingMatrix(
         table=config.matrix_table,
         version=delta_version(spark, config.matrix_table),

@@ -46,7 +46,7 @@ from sparkml_prod.config import ScoreConfig
 from sparkml_prod.errors import ConfigError, EmptyResultError, SchemaError
 from sparkml_prod.registry import ModelRegistry, ModelVersion
 from sparkml_prod.spine import active_entity_spine
-from sparkml_prod.tables import overwrite_partition, read_table
+from sparkml_prod.tables import overwrite_partition, read_table, schema_of
 
 __all__ = [
     "ScoringRun",
@@ -134,7 +134,7 @@ def check_inputs(
     Only schemas are read: no Spark job runs.
     """
     recorded = model.version.metadata.get("input_schema", {})
-    present = {f.name: f.dataType.simpleString() for f in spine.schema.fields}
+    present = schema_of(spine)
     for column, kind in recorded.get("spine", {}).items():
         if present.get(column) != kind:
             found = present.get(column, "missing")
@@ -145,8 +145,7 @@ def check_inputs(
             )
     for trained_ref, columns in recorded.get("sources", {}).items():
         ref = sources.get(trained_ref, trained_ref)
-        table = read_table(spark, ref)
-        have = {f.name: f.dataType.simpleString() for f in table.schema.fields}
+        have = schema_of(read_table(spark, ref))
         for column, kind in columns.items():
             if have.get(column) != kind:
                 problem = "is missing column" if column not in have else "has column"

@@ -32,6 +32,7 @@ __all__ = [
     "write_table",
     "overwrite_partition",
     "require_columns",
+    "schema_of",
     "delta_version",
     "NUMERIC",
     "sql_literal",
@@ -93,6 +94,11 @@ def read_table(
     return df
 
 
+def schema_of(df: DataFrame) -> dict[str, str]:
+    """Column name -> Spark SQL type name (``bigint``, ``decimal(10,2)``), in order."""
+    return {field.name: field.dataType.simpleString() for field in df.schema.fields}
+
+
 def require_columns(
     df: DataFrame, required: Mapping[str, str | Sequence[str]], table: str
 ) -> DataFrame:
@@ -108,7 +114,7 @@ def require_columns(
     SchemaError
         Naming the table, the missing or mistyped column, and the columns present.
     """
-    present = {field.name: field.dataType.simpleString() for field in df.schema.fields}
+    present = schema_of(df)
     listing = ", ".join(f"{name} {kind}" for name, kind in present.items())
     missing = [name for name in required if name not in present]
     if missing:
