@@ -35,14 +35,17 @@ from sparkml_prod.features._common import (
 )
 from sparkml_prod.tables import NUMERIC, read_table, require_columns
 
-__all__ = ["LABEL_KINDS", "TimeSplit", "add_labels", "check_time_split", "labels_complete_until"]
+__all__ = [
+    "LABEL_KINDS",
+    "TimeSplit",
+    "add_labels",
+    "check_labels_complete",
+    "check_time_split",
+    "labels_complete_until",
+]
 
 LABEL_KINDS = ("binary", "count", "sum")
 MICROS_PER_DAY = 86_400_000_000
-
-
-def _utc_micros(value: dt.datetime) -> int:
-    return int(value.replace(tzinfo=dt.timezone.utc).timestamp() * 1_000_000)
 
 
 def _show(value: dt.datetime) -> str:
@@ -59,12 +62,6 @@ class TimeSplit:
 
     def all(self) -> list[dt.datetime]:
         return sorted({*self.train, *self.validation, *self.test})
-
-    def split_of(self, as_of: dt.datetime) -> str:
-        for name in ("train", "validation", "test"):
-            if as_of in getattr(self, name):
-                return name
-        raise KeyError(as_of)
 
 
 def check_time_split(split: TimeSplit, horizon: str) -> None:

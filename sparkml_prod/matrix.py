@@ -85,9 +85,6 @@ class TrainingMatrix:
     counts: dict[str, dict[str, int]]
     spine_schema: dict[str, str]
     source_schemas: dict[str, dict[str, str]]
-    label_col: str = "label"
-    entity_col: str = "user_id"
-    as_of_col: str = "as_of"
 
     def read(self, spark: SparkSession) -> DataFrame:
         """The matrix at the version written by this run (Delta time travel)."""
@@ -227,5 +224,4 @@ def build_training_matrix(
         counts=counts,
         spine_schema=spine_schema,
         source_schemas=schemas,
-        entity_col=config.spine.entity_col,
     )
