@@ -156,6 +156,8 @@ def _models(args: argparse.Namespace) -> int:
         version = registry.get(args.name)
         print(json.dumps({"path": version.path, **version.metadata}, indent=2, default=str))
         return 0
+    if args.version is None:
+        raise SystemExit("models promote needs --version N")
     gate = None
     if args.config:
         from pyspark.sql import functions as F
@@ -168,8 +170,6 @@ def _models(args: argparse.Namespace) -> int:
         labelled = labelled_spine(spark, config, test).where(F.col(SPLIT_COL) == "test")
         labelled = labelled.select(config.spine.entity_col, "as_of", "label").cache()
         gate = comparison_gate(spark, labelled, None, config.search.metric, args.margin)
-    if args.version is None:
-        raise SystemExit("models promote needs --version N")
     promoted = registry.promote(args.name, args.version, args.alias, gate=gate)
     print(f"{args.alias} -> {promoted.name}/{promoted.version}")
     return 0
