@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
+from statistics import stdev
 
 import pytest
-from chispa import assert_df_equality
+from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 
@@ -86,6 +88,93 @@ def test_window_boundaries_by_hand(spark: SparkSession, events: str, spine: Data
         " session_id_count_distinct_1d long, session_id_count_distinct_7d long",
     )
     assert_df_equality(out, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_integer_and_decimal_columns_keep_sparks_result_types(spark: SparkSession) -> None:
+    # Exact types are part of the output contract: sums of a decimal stay decimal, means of
+    # a decimal gain 4 digits of scale, min and max keep the input type.
+    spark.createDataFrame(
+        [
+            (1, T(2024, 3, 9), 2, Decimal("1.10")),  # inside 7d
+            (1, T(2024, 3, 5), 3, Decimal("2.20")),  # inside 7d
+            (1, T(2024, 2, 20), 7, Decimal("3.35")),  # inside 30d only
+            (1, T(2024, 1, 1), 100, Decimal("99.99")),  # outside both
+        ],
+        "user_id long, event_time timestamp, quantity int, price decimal(10,2)",
+    ).createOrReplaceTempView("typed_events")
+    stage = WindowAggregates(
+        sourceTable="typed_events",
+        windows=["7d", "30d"],
+        aggregations=[
+            {"agg": agg, "column": column}
+            for column in ("quantity", "price")
+            for agg in ("sum", "mean", "min", "max", "stddev")
+        ],
+    )
+    spine = spark.createDataFrame([(1, AS_OF), (2, AS_OF)], "user_id long, as_of timestamp")
+    out = stage.transform(spine)
+    expected = spark.createDataFrame(
+        [
+            (
+                1,
+                AS_OF,
+                5,
+                12,
+                2.5,
+                4.0,
+                2,
+                2,
+                3,
+                7,
+                stdev([2, 3]),
+                stdev([2, 3, 7]),
+                Decimal("3.30"),
+                Decimal("6.65"),
+                Decimal("1.650000"),
+                Decimal("2.216667"),
+                Decimal("1.10"),
+                Decimal("1.10"),
+                Decimal("2.20"),
+                Decimal("3.35"),
+                stdev([1.10, 2.20]),
+                stdev([1.10, 2.20, 3.35]),
+            ),
+            (
+                2,
+                AS_OF,
+                0,
+                0,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                Decimal("0.00"),
+                Decimal("0.00"),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+            ),
+        ],
+        "user_id long, as_of timestamp, quantity_sum_7d long, quantity_sum_30d long, "
+        "quantity_mean_7d double, quantity_mean_30d double, quantity_min_7d int, "
+        "quantity_min_30d int, quantity_max_7d int, quantity_max_30d int, "
+        "quantity_stddev_7d double, quantity_stddev_30d double, price_sum_7d decimal(20,2), "
+        "price_sum_30d decimal(20,2), price_mean_7d decimal(14,6), price_mean_30d decimal(14,6), "
+        "price_min_7d decimal(10,2), price_min_30d decimal(10,2), price_max_7d decimal(10,2), "
+        "price_max_30d decimal(10,2), price_stddev_7d double, price_stddev_30d double",
+    )
+    assert_approx_df_equality(
+        out, expected, precision=1e-12, ignore_row_order=True, ignore_nullable=True
+    )
 
 
 def test_recency_boundaries_by_hand(spark: SparkSession, events: str, spine: DataFrame) -> None:
