@@ -391,40 +391,35 @@ class WindowAggregates(
     def _add_next_occurrences(
         self, events: DataFrame, specs: Sequence[dict[str, Any]]
     ) -> DataFrame:
-        """For each distinct-count variant: time of the next event with the same value.
+        """For each distinct-count variant: time of the next event with the same value,
+        folded with the variant's condition into one long (see below).
 
         Ordered latest first, the running minimum over the rows before the current one
         is the next occurrence's time; one sort per distinct column, all variants of a
         column share it, and the entity partitioning of ``events`` needs no new shuffle.
         """
-        next_times = {}
+        next_times, last_for = {}, {}
         for column, flt, by, value in self._distinct_variants(specs):
+            name = self._next_name(column, flt, by, value)
             condition = self._condition({"filter": flt, "by": by}, value)
             window = (
                 Window.partitionBy("__e", f"__v_{column}")
                 .orderBy(F.col("__t").desc())
                 .rowsBetween(Window.unboundedPreceding, -1)
             )
-            next_times[self._next_name(column, flt, by, value)] = F.min(
-                F.when(F.expr(condition), F.col("__t"))
-            ).over(window)
-        if not next_times:
-            return events
-        # One withColumns: variants over the same column share one Window operator.
-        events = events.withColumns(next_times)
-        # Each variant becomes one long, "counted for an as-of a when >= a": the next
-        # occurrence's time (none: the largest long) for an event with its value set that
-        # passes the variant's condition, the smallest long for any other event. The value
-        # strings are then dropped, so the rows that the join multiplies stay narrow.
-        last_for = {}
-        for column, flt, by, value in self._distinct_variants(specs):
-            name = self._next_name(column, flt, by, value)
-            condition = self._condition({"filter": flt, "by": by}, value)
+            next_times[name] = F.min(F.when(F.expr(condition), F.col("__t"))).over(window)
+            # Then one long per variant, "counted for an as-of a when >= a": the next
+            # occurrence's time (none: the largest long) for an event with its value set
+            # that passes the variant's condition, the smallest long for any other event.
             qualifies = F.expr(f"{condition} AND `__v_{column}` IS NOT NULL")
             last_for[name] = F.when(qualifies, F.coalesce(F.col(name), F.lit(_LATEST))).otherwise(
                 F.lit(_EARLIEST)
             )
-        events = events.withColumns(last_for)
+        if not next_times:
+            return events
+        # One withColumns: variants over the same column share one Window operator.
+        events = events.withColumns(next_times).withColumns(last_for)
+        # The value strings are dropped, so the rows that the join multiplies stay narrow.
         still_used = {s["column"] for s in specs if s["agg"] != "count_distinct" and s["column"]}
         dropped = {f"__v_{s['column']}" for s in specs if s["agg"] == "count_distinct"}
         return events.drop(*(dropped - {f"__v_{c}" for c in still_used}))
