@@ -113,64 +113,35 @@ def test_integer_and_decimal_columns_keep_sparks_result_types(spark: SparkSessio
     )
     spine = spark.createDataFrame([(1, AS_OF), (2, AS_OF)], "user_id long, as_of timestamp")
     out = stage.transform(spine)
+    # (column, type, user 1, user 2 with no events)
+    columns = [
+        ("quantity_sum_7d", "long", 5, 0),
+        ("quantity_sum_30d", "long", 12, 0),
+        ("quantity_mean_7d", "double", 2.5, None),
+        ("quantity_mean_30d", "double", 4.0, None),
+        ("quantity_min_7d", "int", 2, None),
+        ("quantity_min_30d", "int", 2, None),
+        ("quantity_max_7d", "int", 3, None),
+        ("quantity_max_30d", "int", 7, None),
+        ("quantity_stddev_7d", "double", stdev([2, 3]), None),
+        ("quantity_stddev_30d", "double", stdev([2, 3, 7]), None),
+        ("price_sum_7d", "decimal(20,2)", Decimal("3.30"), Decimal("0.00")),
+        ("price_sum_30d", "decimal(20,2)", Decimal("6.65"), Decimal("0.00")),
+        ("price_mean_7d", "decimal(14,6)", Decimal("1.650000"), None),
+        ("price_mean_30d", "decimal(14,6)", Decimal("2.216667"), None),
+        ("price_min_7d", "decimal(10,2)", Decimal("1.10"), None),
+        ("price_min_30d", "decimal(10,2)", Decimal("1.10"), None),
+        ("price_max_7d", "decimal(10,2)", Decimal("2.20"), None),
+        ("price_max_30d", "decimal(10,2)", Decimal("3.35"), None),
+        ("price_stddev_7d", "double", stdev([1.10, 2.20]), None),
+        ("price_stddev_30d", "double", stdev([1.10, 2.20, 3.35]), None),
+    ]
     expected = spark.createDataFrame(
         [
-            (
-                1,
-                AS_OF,
-                5,
-                12,
-                2.5,
-                4.0,
-                2,
-                2,
-                3,
-                7,
-                stdev([2, 3]),
-                stdev([2, 3, 7]),
-                Decimal("3.30"),
-                Decimal("6.65"),
-                Decimal("1.650000"),
-                Decimal("2.216667"),
-                Decimal("1.10"),
-                Decimal("1.10"),
-                Decimal("2.20"),
-                Decimal("3.35"),
-                stdev([1.10, 2.20]),
-                stdev([1.10, 2.20, 3.35]),
-            ),
-            (
-                2,
-                AS_OF,
-                0,
-                0,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                Decimal("0.00"),
-                Decimal("0.00"),
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-            ),
+            (1, AS_OF, *[user_1 for _, _, user_1, _ in columns]),
+            (2, AS_OF, *[user_2 for _, _, _, user_2 in columns]),
         ],
-        "user_id long, as_of timestamp, quantity_sum_7d long, quantity_sum_30d long, "
-        "quantity_mean_7d double, quantity_mean_30d double, quantity_min_7d int, "
-        "quantity_min_30d int, quantity_max_7d int, quantity_max_30d int, "
-        "quantity_stddev_7d double, quantity_stddev_30d double, price_sum_7d decimal(20,2), "
-        "price_sum_30d decimal(20,2), price_mean_7d decimal(14,6), price_mean_30d decimal(14,6), "
-        "price_min_7d decimal(10,2), price_min_30d decimal(10,2), price_max_7d decimal(10,2), "
-        "price_max_30d decimal(10,2), price_stddev_7d double, price_stddev_30d double",
+        ", ".join(["user_id long", "as_of timestamp", *[f"{n} {t}" for n, t, _, _ in columns]]),
     )
     assert_approx_df_equality(
         out, expected, precision=1e-12, ignore_row_order=True, ignore_nullable=True
