@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -184,22 +185,25 @@ def test_linear_model_through_the_same_pipeline(
     assert "LogisticRegression on standardised features" in Path(run.report_path).read_text()
 
 
-def nothing_written(config: TrainConfig, spark: SparkSession) -> bool:
-    return not table_exists(spark, config.matrix_table) and not Path(config.registry_root).exists()
+def refusal(spark: SparkSession, config: TrainConfig, error: type[Exception]) -> str:
+    """Message of the ``error`` that ``run_training`` raises, after checking that it wrote
+    neither the training matrix nor the registry."""
+    with pytest.raises(error) as raised:
+        run_training(spark, config)
+    assert not table_exists(spark, config.matrix_table)
+    assert not Path(config.registry_root).exists()
+    return str(raised.value)
 
 
 def test_more_workers_than_slots_fails_before_any_data_is_read(
     spark: SparkSession, tables: dict[str, str], tmp_path: Path
 ) -> None:
     config = train_config(tables, tmp_path, model={"num_workers": 3})
-    with pytest.raises(ClusterCapacityError) as error:
-        run_training(spark, config)
-    assert str(error.value) == (
+    assert refusal(spark, config, ClusterCapacityError) == (
         "model.num_workers is 3 but the Spark application (master local[2]) has only 2 task "
         "slot(s) with spark.task.cpus=1: XGBoost's barrier stage would wait and then fail. "
         "Set model.num_workers to at most 2, or give the application more executor cores."
     )
-    assert nothing_written(config, spark)
 
 
 def test_test_labels_beyond_the_data_are_refused(
@@ -207,23 +211,19 @@ def test_test_labels_beyond_the_data_are_refused(
 ) -> None:
     split = {"test": [dt.date(2023, 9, 15)]}
     config = train_config(tables, tmp_path, split=split)
-    with pytest.raises(TrainingDataError) as error:
-        run_training(spark, config)
-    assert str(error.value) == (
+    assert refusal(spark, config, TrainingDataError) == (
         f"Labels of as-of 2023-09-15 are not complete yet: horizon 30d needs events until "
         f"2023-10-15, but source '{tables['events']}' is complete only until 2023-10-01. "
         "Use as-of dates no later than 2023-09-01."
     )
-    assert nothing_written(config, spark)
 
 
 def test_a_leaking_split_is_refused(
     spark: SparkSession, tables: dict[str, str], tmp_path: Path
 ) -> None:
     config = train_config(tables, tmp_path, split={"validation": [dt.date(2023, 7, 1)]})
-    with pytest.raises(LeakageError, match="training as-of 2023-06-07 .* validation as-of"):
-        run_training(spark, config)
-    assert nothing_written(config, spark)
+    message = refusal(spark, config, LeakageError)
+    assert re.search("training as-of 2023-06-07 .* validation as-of", message), message
 
 
 def test_an_empty_spine_is_refused_before_features(
@@ -232,13 +232,10 @@ def test_an_empty_spine_is_refused_before_features(
     # Before the data starts: nobody is active in the lookback of the training dates.
     split = {"train": [dt.date(2022, 6, 1)], "validation": [dt.date(2023, 7, 20)]}
     config = train_config(tables, tmp_path, split=split, backtest={"test": []})
-    with pytest.raises(TrainingDataError) as error:
-        run_training(spark, config)
-    assert str(error.value) == (
+    assert refusal(spark, config, TrainingDataError) == (
         "The train snapshot(s) at 2022-06-01 have no rows: no entity was active in the spine "
         "lookback before them. Check the dates against the events."
     )
-    assert nothing_written(config, spark)
 
 
 def test_a_single_label_class_is_refused_before_features(
@@ -246,13 +243,10 @@ def test_a_single_label_class_is_refused_before_features(
 ) -> None:
     label = {"filter": "event_type = 'no_such_event'"}
     config = train_config(tables, tmp_path, label=label, backtest={"test": []})
-    with pytest.raises(TrainingDataError) as error:
-        run_training(spark, config)
-    message = str(error.value)
+    message = refusal(spark, config, TrainingDataError)
     assert message.startswith("The train snapshot(s) at 2023-03-01, 2023-03-15, ")
     assert "have a single label class: all " in message
     assert message.endswith(
         " rows are 0 (negative). A classifier needs both; check the label filter and "
         "horizon, or choose other dates."
     )
-    assert nothing_written(config, spark)
