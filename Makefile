@@ -28,11 +28,17 @@ $(INSTALLED): setup.py constraints.txt | $(PY)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
-# Resolve Delta's jars into the Ivy cache once, so no test or job downloads them.
+# Resolve Delta's jars into the Ivy cache once, so no test or job downloads them. Ivy reads
+# ~/.m2 first and fails on a POM there without its jar: Maven then fetches Delta, and each
+# jar Ivy reported missing, and Ivy tries again.
 $(JARS): $(INSTALLED)
-	$(PY) -m sparkml_prod.session > $(VENV)/delta-jars.log 2>&1 \
-	  || { mvn -q dependency:get -Dartifact=$(DELTA_ARTIFACT) \
-	       && $(PY) -m sparkml_prod.session > $(VENV)/delta-jars.log 2>&1; } \
+	$(PY) -m sparkml_prod.core.session > $(VENV)/delta-jars.log 2>&1 \
+	  || { mvn -q dependency:get -Dartifact=$(DELTA_ARTIFACT); \
+	       grep -oE 'download failed: [A-Za-z0-9_.#;!-]+' $(VENV)/delta-jars.log \
+	         | sed -E 's/^download failed: ([^#]+)#([^;]+);([^!]+)!.*/\1:\2:\3/' | sort -u \
+	         | while read -r artifact; do \
+	             mvn -q dependency:get -Dtransitive=false -Dartifact=$$artifact; done; \
+	       $(PY) -m sparkml_prod.core.session > $(VENV)/delta-jars.log 2>&1; } \
 	  || { tail -40 $(VENV)/delta-jars.log; exit 1; }
 	touch $@
 

@@ -20,7 +20,7 @@ Contenders, each timed end to end from the stored events to a Parquet result:
 3. ``duckdb``: one DuckDB SQL statement (2 threads) over the same events as Parquet:
    range join to the longest window + ``FILTER``ed conditional aggregates.
 
-Events come from :mod:`sparkml_prod.datasets.synthetic` (18 months, 0.3 events per user
+Events come from :mod:`sparkml_prod.data.synthetic` (18 months, 0.3 events per user
 per day, ``n_users`` chosen to reach the size), written once per size as Delta and as
 Parquet, clustered by event time (as an append-only event table is), ~1M rows per file.
 Generation is not timed and is reused by later runs (``--regenerate`` to redo it).
@@ -57,9 +57,9 @@ sys.path.insert(0, str(ROOT))
 from pyspark.sql import DataFrame, SparkSession  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
-from sparkml_prod.datasets.synthetic import SyntheticSpec, generate_events  # noqa: E402
+from sparkml_prod.core.session import get_spark  # noqa: E402
+from sparkml_prod.data.synthetic import SyntheticSpec, generate_events  # noqa: E402
 from sparkml_prod.features import WindowAggregates  # noqa: E402
-from sparkml_prod.session import get_spark  # noqa: E402
 
 # -- data -------------------------------------------------------------------------------
 
@@ -151,8 +151,9 @@ def fingerprint(module: str) -> str:
 
 
 def spec_for(n_users: int) -> SyntheticSpec:
-    return SyntheticSpec(n_users=n_users, start=START, end=END, seed=SEED,
-                         events_per_user_per_day=RATE)
+    return SyntheticSpec(
+        n_users=n_users, start=START, end=END, seed=SEED, events_per_user_per_day=RATE
+    )
 
 
 def users_for(spark: SparkSession, n_events: int, sample: int = 2000) -> int:
@@ -172,13 +173,20 @@ def as_of_dates(scenario: str) -> list[dt.datetime]:
     return sorted(out)
 
 
-def prepare(spark: SparkSession, paths: Paths, n_events: int, scenarios: list[str],
-            regenerate: bool) -> dict[str, Any]:
+def prepare(
+    spark: SparkSession, paths: Paths, n_events: int, scenarios: list[str], regenerate: bool
+) -> dict[str, Any]:
     """Write events (Delta + Parquet) and spines once per size; return what was written."""
     meta_path = paths.root / "data" / f"events_{n_events}" / "meta.json"
-    wanted = {"events": n_events, "start": str(START), "end": str(END), "seed": SEED,
-              "rate": RATE, "rows_per_file": ROWS_PER_FILE,
-              "generator": fingerprint("datasets/synthetic.py")}
+    wanted = {
+        "events": n_events,
+        "start": str(START),
+        "end": str(END),
+        "seed": SEED,
+        "rate": RATE,
+        "rows_per_file": ROWS_PER_FILE,
+        "generator": fingerprint("data/synthetic.py"),
+    }
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
     if regenerate or meta is None or meta.get("spec") != wanted:
         t0 = time.perf_counter()
@@ -195,11 +203,19 @@ def prepare(spark: SparkSession, paths: Paths, n_events: int, scenarios: list[st
         stored = spark.read.format("delta").load(str(paths.events(n_events, "delta")))
         stored.write.parquet(str(paths.events(n_events, "parquet")))
         rows = stored.count()
-        meta = {"spec": wanted, "n_users": n_users, "rows": rows, "files": files,
-                "generation_s": round(time.perf_counter() - t0, 1)}
+        meta = {
+            "spec": wanted,
+            "n_users": n_users,
+            "rows": rows,
+            "files": files,
+            "generation_s": round(time.perf_counter() - t0, 1),
+        }
         meta_path.write_text(json.dumps(meta, indent=2))
-        print(f"  generated {rows:,} events for {n_users:,} users in "
-              f"{meta['generation_s']:.0f}s ({files} files)", flush=True)
+        print(
+            f"  generated {rows:,} events for {n_users:,} users in "
+            f"{meta['generation_s']:.0f}s ({files} files)",
+            flush=True,
+        )
     else:
         print(f"  reusing {meta['rows']:,} events for {meta['n_users']:,} users", flush=True)
     users = spark.range(meta["n_users"]).withColumnRenamed("id", "user_id")
@@ -207,7 +223,8 @@ def prepare(spark: SparkSession, paths: Paths, n_events: int, scenarios: list[st
         dates = spark.createDataFrame([(d,) for d in as_of_dates(scenario)], "as_of timestamp")
         spine = users.crossJoin(dates).coalesce(1)
         spine.write.format("delta").mode("overwrite").save(
-            str(paths.spine(n_events, scenario, "delta")))
+            str(paths.spine(n_events, scenario, "delta"))
+        )
         spine.write.mode("overwrite").parquet(str(paths.spine(n_events, scenario, "parquet")))
     return meta
 
@@ -218,8 +235,13 @@ def prepare(spark: SparkSession, paths: Paths, n_events: int, scenarios: list[st
 def library_features(spark: SparkSession, events: str, spine_path: str) -> DataFrame:
     spine = spark.read.format("delta").load(spine_path)
     stage = WindowAggregates(
-        sourceTable=events, windows=list(WINDOWS), filters=FILTERS, aggregations=AGGREGATIONS,
-        entityCol="user_id", asOfCol="as_of", timestampCol="event_time",
+        sourceTable=events,
+        windows=list(WINDOWS),
+        filters=FILTERS,
+        aggregations=AGGREGATIONS,
+        entityCol="user_id",
+        asOfCol="as_of",
+        timestampCol="event_time",
     )
     if stage.outputColumns() != OUTPUTS:
         raise AssertionError(f"library output names {stage.outputColumns()} != {OUTPUTS}")
@@ -236,8 +258,15 @@ def naive_features(spark: SparkSession, events_path: str, spine_path: str) -> Da
         value = F.col(f"e.{f.column}") if f.column else F.lit(1)
         if f.condition:
             value = F.when(F.expr(f.condition), value)
-        function = {"count": F.count, "sum": F.sum, "mean": F.avg, "min": F.min, "max": F.max,
-                    "stddev": F.stddev_samp, "count_distinct": F.countDistinct}[f.agg]
+        function = {
+            "count": F.count,
+            "sum": F.sum,
+            "mean": F.avg,
+            "min": F.min,
+            "max": F.max,
+            "stddev": F.stddev_samp,
+            "count_distinct": F.countDistinct,
+        }[f.agg]
         return function(value).alias(f.name(w))
 
     out = spine
@@ -248,13 +277,15 @@ def naive_features(spark: SparkSession, events_path: str, spine_path: str) -> Da
             & (F.col("e.event_time") >= F.col("s.as_of") - F.expr(f"INTERVAL {days} DAYS"))
             & (F.col("e.event_time") < F.col("s.as_of")),
         )
-        per_window = joined.groupBy(F.col("s.user_id").alias("user_id"),
-                                    F.col("s.as_of").alias("as_of"))
+        per_window = joined.groupBy(
+            F.col("s.user_id").alias("user_id"), F.col("s.as_of").alias("as_of")
+        )
         out = out.join(per_window.agg(*[aggregate(f, w) for f in FEATURES]), KEYS, "left")
     zero = {f.name(w) for f in FEATURES for w in WINDOWS if f.zero_when_empty}
-    return out.select(*spine.columns, *[
-        F.coalesce(F.col(n), F.lit(0)).alias(n) if n in zero else F.col(n) for n in OUTPUTS
-    ])
+    return out.select(
+        *spine.columns,
+        *[F.coalesce(F.col(n), F.lit(0)).alias(n) if n in zero else F.col(n) for n in OUTPUTS],
+    )
 
 
 def duckdb_sql(events_glob: str, spine_glob: str, out_path: str) -> str:
@@ -265,18 +296,22 @@ def duckdb_sql(events_glob: str, spine_glob: str, out_path: str) -> str:
         if f.condition:
             conditions.append(f.condition)
         where = " AND ".join(conditions)
-        value = {"count": "count(*)" if f.column is None else f"count(e.{f.column})",
-                 "sum": f"sum(e.{f.column})", "mean": f"avg(e.{f.column})",
-                 "min": f"min(e.{f.column})", "max": f"max(e.{f.column})",
-                 "stddev": f"stddev_samp(e.{f.column})",
-                 "count_distinct": f"count(DISTINCT e.{f.column})"}[f.agg]
+        value = {
+            "count": "count(*)" if f.column is None else f"count(e.{f.column})",
+            "sum": f"sum(e.{f.column})",
+            "mean": f"avg(e.{f.column})",
+            "min": f"min(e.{f.column})",
+            "max": f"max(e.{f.column})",
+            "stddev": f"stddev_samp(e.{f.column})",
+            "count_distinct": f"count(DISTINCT e.{f.column})",
+        }[f.agg]
         return f"{value} FILTER (WHERE {where}) AS {f.name(w)}"
 
-    aggregates = ",\n      ".join(
-        aggregate(f, w, d) for f in FEATURES for w, d in WINDOWS.items())
+    aggregates = ",\n      ".join(aggregate(f, w, d) for f in FEATURES for w, d in WINDOWS.items())
     zero = {f.name(w) for f in FEATURES for w in WINDOWS if f.zero_when_empty}
     outputs = ",\n    ".join(
-        f"coalesce(a.{n}, 0) AS {n}" if n in zero else f"a.{n}" for n in OUTPUTS)
+        f"coalesce(a.{n}, 0) AS {n}" if n in zero else f"a.{n}" for n in OUTPUTS
+    )
     return f"""
 COPY (
   WITH spine AS (SELECT user_id, as_of FROM read_parquet('{spine_glob}')),
@@ -390,24 +425,31 @@ def compare(left: pd.DataFrame, right: pd.DataFrame, rtol: float = 1e-9) -> list
             i = int(np.flatnonzero(bad)[0])
             problems.append(
                 f"{name}: {int(bad.sum())} row(s) differ, e.g. user_id={left.user_id[i]} "
-                f"as_of={left.as_of[i]}: {a[i]!r} vs {b[i]!r}")
+                f"as_of={left.as_of[i]}: {a[i]!r} vs {b[i]!r}"
+            )
     return problems
 
 
 # -- driver -----------------------------------------------------------------------------
 
 
-def run_contender(spark: SparkSession, paths: Paths, contender: str, n_events: int,
-                  scenario: str) -> DataFrame | None:
+def run_contender(
+    spark: SparkSession, paths: Paths, contender: str, n_events: int, scenario: str
+) -> DataFrame | None:
     """One end-to-end run: stored events -> result as Parquet; the Spark result frame."""
     out = paths.result(n_events, scenario, contender)
     if contender == "duckdb":
-        run_duckdb(paths.events(n_events, "parquet"), paths.spine(n_events, scenario, "parquet"),
-                   out / "result.parquet", paths.root / "tmp")
+        run_duckdb(
+            paths.events(n_events, "parquet"),
+            paths.spine(n_events, scenario, "parquet"),
+            out / "result.parquet",
+            paths.root / "tmp",
+        )
         return None
     build = library_features if contender == "library" else naive_features
-    df = build(spark, str(paths.events(n_events, "delta")),
-               str(paths.spine(n_events, scenario, "delta")))
+    df = build(
+        spark, str(paths.events(n_events, "delta")), str(paths.spine(n_events, scenario, "delta"))
+    )
     df.write.mode("overwrite").parquet(str(out))
     return df
 
@@ -418,11 +460,22 @@ def check(paths: Paths, n_events: int, scenario: str, contenders: list[str]) -> 
     base, out = contenders[0], []
     for other in contenders[1:]:
         problems = compare(frames[base], frames[other])
-        out.append({"events": n_events, "scenario": scenario, "contenders": [base, other],
-                    "match": not problems, "rows": len(frames[base]), "problems": problems})
+        out.append(
+            {
+                "events": n_events,
+                "scenario": scenario,
+                "contenders": [base, other],
+                "match": not problems,
+                "rows": len(frames[base]),
+                "problems": problems,
+            }
+        )
         verdict = "MATCH" if not problems else "MISMATCH"
-        print(f"  check {scenario}: {base} vs {other}: {verdict} "
-              f"({len(frames[base]):,} rows x {len(OUTPUTS)} features)", flush=True)
+        print(
+            f"  check {scenario}: {base} vs {other}: {verdict} "
+            f"({len(frames[base]):,} rows x {len(OUTPUTS)} features)",
+            flush=True,
+        )
         for problem in problems[:20]:
             print(f"    {problem}", flush=True)
     return out
@@ -434,18 +487,29 @@ def load() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, nargs="+", default=[5_000_000, 20_000_000],
-                        help="event counts to benchmark (default: 5000000 20000000)")
-    parser.add_argument("--scenarios", nargs="+", default=["scoring", "training"],
-                        choices=["scoring", "training"])
-    parser.add_argument("--contenders", nargs="+", default=["library", "naive", "duckdb"],
-                        choices=["library", "naive", "duckdb"])
+    parser.add_argument(
+        "--events",
+        type=int,
+        nargs="+",
+        default=[5_000_000, 20_000_000],
+        help="event counts to benchmark (default: 5000000 20000000)",
+    )
+    parser.add_argument(
+        "--scenarios", nargs="+", default=["scoring", "training"], choices=["scoring", "training"]
+    )
+    parser.add_argument(
+        "--contenders",
+        nargs="+",
+        default=["library", "naive", "duckdb"],
+        choices=["library", "naive", "duckdb"],
+    )
     parser.add_argument("--repeats", type=int, default=2, help="timed runs after the warm-up")
     parser.add_argument("--output", default=str(ROOT / "bench-output"))
     parser.add_argument("--regenerate", action="store_true", help="regenerate the events")
     parser.add_argument("--no-check", action="store_true", help="skip the result comparison")
-    parser.add_argument("--explain", action="store_true",
-                        help="print the physical plans of the Spark contenders")
+    parser.add_argument(
+        "--explain", action="store_true", help="print the physical plans of the Spark contenders"
+    )
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -453,11 +517,18 @@ def main(argv: list[str] | None = None) -> int:
     (paths.root / "tmp").mkdir(parents=True, exist_ok=True)
     # driver memory only takes effect when the session (its JVM) starts: run this script
     # in a fresh process, not where a SparkSession already exists
-    spark = get_spark(app_name="bench-features", master="local[2]", ui=False,
-                      conf={"spark.driver.memory": "8g", "spark.ui.showConsoleProgress": "false"})
-    print(f"Spark {spark.version}, DuckDB {duckdb.__version__}, {os.cpu_count()} cores, "
-          f"load average {load()}; {len(OUTPUTS)} features "
-          f"({len(FEATURES)} aggregations x {len(WINDOWS)} windows)", flush=True)
+    spark = get_spark(
+        app_name="bench-features",
+        master="local[2]",
+        ui=False,
+        conf={"spark.driver.memory": "8g", "spark.ui.showConsoleProgress": "false"},
+    )
+    print(
+        f"Spark {spark.version}, DuckDB {duckdb.__version__}, {os.cpu_count()} cores, "
+        f"load average {load()}; {len(OUTPUTS)} features "
+        f"({len(FEATURES)} aggregations x {len(WINDOWS)} windows)",
+        flush=True,
+    )
 
     sizes = sorted(set(args.events))
     rows: list[dict[str, Any]] = []
@@ -473,16 +544,27 @@ def main(argv: list[str] | None = None) -> int:
             for contender in args.contenders:
                 t0 = time.perf_counter()
                 df = run_contender(spark, paths, contender, n_events, scenario)
-                print(f"  {scenario:8s} {contender:8s} warm-up {time.perf_counter() - t0:7.1f}s"
-                      f"  (load {load()})", flush=True)
+                print(
+                    f"  {scenario:8s} {contender:8s} warm-up {time.perf_counter() - t0:7.1f}s"
+                    f"  (load {load()})",
+                    flush=True,
+                )
                 if df is not None:
                     summary = plan_summary(df, f"events_{n_events}/delta")
-                    plans.append({"events": n_events, "scenario": scenario,
-                                  "contender": contender,
-                                  **{k: v for k, v in summary.items() if k != "plan"}})
-                    print(f"    plan: {summary['exchanges']} Exchange "
-                          f"({summary['event_exchanges']} of event rows), "
-                          f"{summary['expands']} Expand, {summary['windows']} Window", flush=True)
+                    plans.append(
+                        {
+                            "events": n_events,
+                            "scenario": scenario,
+                            "contender": contender,
+                            **{k: v for k, v in summary.items() if k != "plan"},
+                        }
+                    )
+                    print(
+                        f"    plan: {summary['exchanges']} Exchange "
+                        f"({summary['event_exchanges']} of event rows), "
+                        f"{summary['expands']} Expand, {summary['windows']} Window",
+                        flush=True,
+                    )
                     if args.explain:
                         print(summary["plan"], flush=True)
             if n_events == sizes[0] and not args.no_check and len(args.contenders) > 1:
@@ -493,8 +575,11 @@ def main(argv: list[str] | None = None) -> int:
                     run_contender(spark, paths, contender, n_events, scenario)
                     times[contender].append(time.perf_counter() - t0)
                     loads.append(load())
-                    print(f"  {scenario:8s} {contender:8s} run {repeat + 1}  "
-                          f"{times[contender][-1]:7.1f}s  (load {loads[-1]})", flush=True)
+                    print(
+                        f"  {scenario:8s} {contender:8s} run {repeat + 1}  "
+                        f"{times[contender][-1]:7.1f}s  (load {loads[-1]})",
+                        flush=True,
+                    )
             rows.append(result_row(data, n_events, scenario, times, loads))
 
     total = time.perf_counter() - started
@@ -505,18 +590,37 @@ def main(argv: list[str] | None = None) -> int:
         print("results " + ("MATCH" if ok else "DO NOT MATCH") + f" on {sizes[0]:,} events")
     report = {
         "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
-                    "spark": spark.version, "duckdb": duckdb.__version__,
-                    "spark_master": "local[2]", "driver_memory": "8g", "duckdb_threads": 2,
-                    "duckdb_memory_limit": "8GB"},
-        "library": {"features/aggregates.py": fingerprint("features/aggregates.py"),
-                    "features/_common.py": fingerprint("features/_common.py"),
-                    "datasets/synthetic.py": fingerprint("datasets/synthetic.py")},
-        "workload": {"windows": list(WINDOWS), "filters": FILTERS,
-                     "aggregations": AGGREGATIONS, "features": OUTPUTS,
-                     "data": {"start": str(START), "end": str(END), "rate": RATE,
-                              "seed": SEED, "rows_per_file": ROWS_PER_FILE}},
-        "results": rows, "checks": checks, "plans": plans,
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "spark": spark.version,
+            "duckdb": duckdb.__version__,
+            "spark_master": "local[2]",
+            "driver_memory": "8g",
+            "duckdb_threads": 2,
+            "duckdb_memory_limit": "8GB",
+        },
+        "library": {
+            "features/aggregates.py": fingerprint("features/aggregates.py"),
+            "features/_common.py": fingerprint("features/_common.py"),
+            "data/synthetic.py": fingerprint("data/synthetic.py"),
+        },
+        "workload": {
+            "windows": list(WINDOWS),
+            "filters": FILTERS,
+            "aggregations": AGGREGATIONS,
+            "features": OUTPUTS,
+            "data": {
+                "start": str(START),
+                "end": str(END),
+                "rate": RATE,
+                "seed": SEED,
+                "rows_per_file": ROWS_PER_FILE,
+            },
+        },
+        "results": rows,
+        "checks": checks,
+        "plans": plans,
         "total_wall_s": round(total, 1),
     }
     (paths.root / "features.json").write_text(json.dumps(report, indent=2, default=str))
@@ -525,12 +629,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(c["match"] for c in checks) else 1
 
 
-def result_row(data: dict[str, Any], n_events: int, scenario: str,
-               times: dict[str, list[float]], loads: list[float]) -> dict[str, Any]:
+def result_row(
+    data: dict[str, Any],
+    n_events: int,
+    scenario: str,
+    times: dict[str, list[float]],
+    loads: list[float],
+) -> dict[str, Any]:
     best = {c: min(t) for c, t in times.items() if t}
     row: dict[str, Any] = {
-        "events": data["rows"], "events_arg": n_events, "n_users": data["n_users"],
-        "scenario": scenario, "spine_rows": data["n_users"] * len(as_of_dates(scenario)),
+        "events": data["rows"],
+        "events_arg": n_events,
+        "n_users": data["n_users"],
+        "scenario": scenario,
+        "spine_rows": data["n_users"] * len(as_of_dates(scenario)),
         **{f"{c}_s": round(best[c], 2) for c in best},
         "runs_s": {c: [round(t, 2) for t in v] for c, v in times.items()},
         "max_load_average": max(loads, default=None),
@@ -543,9 +655,11 @@ def result_row(data: dict[str, Any], n_events: int, scenario: str,
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = (f"{'events':>11} {'users':>8} {'scenario':>9} {'spine':>8} {'library s':>10} "
-              f"{'naive s':>9} {'duckdb s':>9} {'naive/lib':>10} {'lib/duckdb':>11} "
-              f"{'load':>5}")
+    header = (
+        f"{'events':>11} {'users':>8} {'scenario':>9} {'spine':>8} {'library s':>10} "
+        f"{'naive s':>9} {'duckdb s':>9} {'naive/lib':>10} {'lib/duckdb':>11} "
+        f"{'load':>5}"
+    )
     print("\n" + header + "\n" + "-" * len(header))
 
     def cell(row: dict[str, Any], key: str, width: int, suffix: str = "") -> str:
@@ -555,10 +669,12 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         return f"{value:>{width - len(suffix)}.2f}{suffix}"
 
     for row in rows:
-        print(f"{row['events']:>11,} {row['n_users']:>8,} {row['scenario']:>9} "
-              f"{row['spine_rows']:>8,} {cell(row, 'library_s', 10)} {cell(row, 'naive_s', 9)} "
-              f"{cell(row, 'duckdb_s', 9)} {cell(row, 'naive_over_library', 10, 'x')} "
-              f"{cell(row, 'library_over_duckdb', 11, 'x')} {cell(row, 'max_load_average', 5)}")
+        print(
+            f"{row['events']:>11,} {row['n_users']:>8,} {row['scenario']:>9} "
+            f"{row['spine_rows']:>8,} {cell(row, 'library_s', 10)} {cell(row, 'naive_s', 9)} "
+            f"{cell(row, 'duckdb_s', 9)} {cell(row, 'naive_over_library', 10, 'x')} "
+            f"{cell(row, 'library_over_duckdb', 11, 'x')} {cell(row, 'max_load_average', 5)}"
+        )
 
 
 if __name__ == "__main__":

@@ -40,17 +40,17 @@ from pyspark.ml import PipelineModel  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 from timing import best_of  # noqa: E402
 
-from sparkml_prod.config import ScoreConfig, ScoringSpineConfig  # noqa: E402
-from sparkml_prod.datasets.synthetic import (  # noqa: E402
+from sparkml_prod.core.config import ScoreConfig, ScoringSpineConfig  # noqa: E402
+from sparkml_prod.core.session import get_spark  # noqa: E402
+from sparkml_prod.core.tables import table_exists, write_table  # noqa: E402
+from sparkml_prod.data.synthetic import (  # noqa: E402
     SyntheticSpec,
     generate_events,
     generate_user_attributes,
     generate_users,
 )
 from sparkml_prod.registry import ModelRegistry  # noqa: E402
-from sparkml_prod.scoring import run_scoring  # noqa: E402
-from sparkml_prod.session import get_spark  # noqa: E402
-from sparkml_prod.tables import table_exists, write_table  # noqa: E402
+from sparkml_prod.runs.score import run_scoring  # noqa: E402
 
 AS_OF = dt.date(2024, 7, 1)
 
@@ -64,15 +64,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=str(ROOT / "bench-output"))
     args = parser.parse_args(argv)
 
-    spark = get_spark("bench-scoring", master="local[2]", ui=False,
-                      conf={"spark.driver.memory": "8g"})
+    spark = get_spark(
+        "bench-scoring", master="local[2]", ui=False, conf={"spark.driver.memory": "8g"}
+    )
     data = Path(args.output).resolve() / "scoring" / f"users_{args.users}"
     tables = {n: str(data / n) for n in ("users", "events", "user_attributes")}
-    spec = SyntheticSpec(n_users=args.users, start=AS_OF - dt.timedelta(days=90), end=AS_OF,
-                         seed=5, events_per_user_per_day=0.1)
+    spec = SyntheticSpec(
+        n_users=args.users,
+        start=AS_OF - dt.timedelta(days=90),
+        end=AS_OF,
+        seed=5,
+        events_per_user_per_day=0.1,
+    )
     if not all(table_exists(spark, t) for t in tables.values()):
-        for name, build in (("users", generate_users), ("events", generate_events),
-                            ("user_attributes", generate_user_attributes)):
+        for name, build in (
+            ("users", generate_users),
+            ("events", generate_events),
+            ("user_attributes", generate_user_attributes),
+        ):
             write_table(build(spark, spec), tables[name], mode="overwrite")
     n_events = spark.read.format("delta").load(tables["events"]).count()
 
@@ -80,17 +89,23 @@ def main(argv: list[str] | None = None) -> int:
     version = registry.get(args.model)
     trained = version.metadata["config"]["sources"]
     sources = {trained[name]: tables[name] for name in ("events", "user_attributes")}
-    config = ScoreConfig(model=args.model, registry_root=args.registry,
-                         output_table=str(data / "scores"), sources=sources,
-                         spine=ScoringSpineConfig(users_table=tables["users"]))
-    print(f"{args.users:,} users, {n_events:,} events; model {version.name}/{version.version}",
-          flush=True)
+    config = ScoreConfig(
+        model=args.model,
+        registry_root=args.registry,
+        output_table=str(data / "scores"),
+        sources=sources,
+        spine=ScoringSpineConfig(users_table=tables["users"]),
+    )
+    print(
+        f"{args.users:,} users, {n_events:,} events; model {version.name}/{version.version}",
+        flush=True,
+    )
     runs = []
     job_s = best_of(args.repeats, lambda: runs.append(run_scoring(spark, config, AS_OF)))
     rows = runs[-1].rows
 
     # The pre-computed matrix: the same feature stages on the same spine.
-    from sparkml_prod.scoring import load_model, scoring_spine
+    from sparkml_prod.runs.score import load_model, scoring_spine
 
     loaded = load_model(registry, args.model, sources)
     n_features = len(version.metadata["feature_names"])
@@ -124,12 +139,27 @@ def main(argv: list[str] | None = None) -> int:
     for name, seconds in results:
         print(f"{name:50s} {seconds:8.1f} {rows / seconds:12,.0f} {seconds / local_s:10.1f}")
     Path(args.output).mkdir(parents=True, exist_ok=True)
-    (Path(args.output) / "scoring.json").write_text(json.dumps({
-        "users": args.users, "events": n_events, "rows": rows, "features": n_features,
-        "model": f"{version.name}/{version.version}",
-        "results": [{"what": n, "seconds": round(s, 2), "rows_per_s": round(rows / s),
-                     "ratio_to_inplace_predict": round(s / local_s, 1)} for n, s in results],
-    }, indent=2))
+    (Path(args.output) / "scoring.json").write_text(
+        json.dumps(
+            {
+                "users": args.users,
+                "events": n_events,
+                "rows": rows,
+                "features": n_features,
+                "model": f"{version.name}/{version.version}",
+                "results": [
+                    {
+                        "what": n,
+                        "seconds": round(s, 2),
+                        "rows_per_s": round(rows / s),
+                        "ratio_to_inplace_predict": round(s / local_s, 1),
+                    }
+                    for n, s in results
+                ],
+            },
+            indent=2,
+        )
+    )
     spark.stop()
     return 0
 

@@ -44,7 +44,7 @@ from pyspark.sql import functions as F  # noqa: E402
 from timing import best_of  # noqa: E402
 from xgboost.spark import SparkXGBClassifier  # noqa: E402
 
-from sparkml_prod.session import get_spark  # noqa: E402
+from sparkml_prod.core.session import get_spark  # noqa: E402
 
 PARAMS = {"max_depth": 5, "learning_rate": 0.1, "subsample": 0.8, "min_child_weight": 5}
 

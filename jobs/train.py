@@ -1,6 +1,6 @@
 """spark-submit entry point of training: ``spark-submit jobs/train.py --config conf/train.yaml``.
 
-Thin: everything it does is :func:`sparkml_prod.train_run.run_training`.
+Thin: everything it does is :func:`sparkml_prod.runs.train.run_training`.
 """
 
 from __future__ import annotations

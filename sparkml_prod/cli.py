@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from sparkml_prod.config import (
+from sparkml_prod.core.config import (
     FeaturesConfig,
     GenerateConfig,
     ScoreConfig,
@@ -29,14 +29,14 @@ def generate_tables(config: GenerateConfig) -> dict[str, int]:
     Each table is replaced in one Delta commit, so a failed run leaves the previous
     version readable.
     """
-    from sparkml_prod.datasets.synthetic import (
+    from sparkml_prod.core.session import get_spark
+    from sparkml_prod.core.tables import read_table, write_table
+    from sparkml_prod.data.synthetic import (
         SyntheticSpec,
         generate_events,
         generate_user_attributes,
         generate_users,
     )
-    from sparkml_prod.session import get_spark
-    from sparkml_prod.tables import read_table, write_table
 
     spark = get_spark("sparkml-prod-generate")
     spec = SyntheticSpec(
@@ -70,8 +70,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _features(args: argparse.Namespace) -> int:
-    from sparkml_prod.matrix import build_feature_matrix
-    from sparkml_prod.session import get_spark
+    from sparkml_prod.core.session import get_spark
+    from sparkml_prod.data.matrix import build_feature_matrix
 
     config = load_config(args.config, FeaturesConfig)
     started = time.perf_counter()
@@ -85,8 +85,8 @@ def _features(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from sparkml_prod.session import get_spark
-    from sparkml_prod.train_run import run_training
+    from sparkml_prod.core.session import get_spark
+    from sparkml_prod.runs.train import run_training
 
     config = load_config(args.config, TrainConfig)
     # Threads per XGBoost worker; under spark-submit the submitted value is kept and checked.
@@ -122,9 +122,9 @@ def _as_of(value: str) -> dt.date:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from sparkml_prod.scoring import run_scoring
-    from sparkml_prod.session import get_spark
-    from sparkml_prod.tables import read_table
+    from sparkml_prod.core.session import get_spark
+    from sparkml_prod.core.tables import read_table
+    from sparkml_prod.runs.score import run_scoring
 
     config = load_config(args.config, ScoreConfig)
     as_of = args.as_of or dt.datetime.now(dt.timezone.utc).date()
@@ -141,8 +141,8 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
+    from sparkml_prod.core.session import get_spark
     from sparkml_prod.registry import ModelRegistry, format_versions
-    from sparkml_prod.session import get_spark
 
     spark = get_spark("sparkml-prod-models")
     registry = ModelRegistry(spark, args.registry)
@@ -162,8 +162,8 @@ def _models(args: argparse.Namespace) -> int:
     if args.config:
         from pyspark.sql import functions as F
 
-        from sparkml_prod.matrix import SPLIT_COL, labelled_spine
-        from sparkml_prod.train_run import comparison_gate, resolve_split
+        from sparkml_prod.data.matrix import SPLIT_COL, labelled_spine
+        from sparkml_prod.runs.train import comparison_gate, resolve_split
 
         config = load_config(args.config, TrainConfig)
         test = {"test": list(resolve_split(config.split).test)}

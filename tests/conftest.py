@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from pyspark.sql import SparkSession
 
-from sparkml_prod.session import get_spark
+from sparkml_prod.core.session import get_spark
 
 
 @pytest.fixture(scope="session")

@@ -29,15 +29,15 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from standalone import log_tail, standalone_cluster, stop_process_groups
 
-from sparkml_prod.config import ModelConfig, ScoreConfig, ScoringSpineConfig
-from sparkml_prod.datasets.synthetic import SyntheticSpec, generate_events
+from sparkml_prod.core.config import ModelConfig, ScoreConfig, ScoringSpineConfig
+from sparkml_prod.core.tables import read_table, write_table
+from sparkml_prod.data.labels import add_labels
+from sparkml_prod.data.spine import active_entity_spine
+from sparkml_prod.data.synthetic import SyntheticSpec, generate_events
 from sparkml_prod.features import Recency, WindowAggregates
-from sparkml_prod.labels import add_labels
+from sparkml_prod.modeling.training import model_stages
 from sparkml_prod.registry import ModelRegistry
-from sparkml_prod.scoring import run_scoring
-from sparkml_prod.spine import active_entity_spine
-from sparkml_prod.tables import read_table, write_table
-from sparkml_prod.training import model_stages
+from sparkml_prod.runs.score import run_scoring
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable  # the virtualenv's interpreter, not resolved: the venv needs its path
@@ -317,9 +317,9 @@ def test_a_scoring_run_killed_while_writing_leaves_the_previous_content(
     script = textwrap.dedent(
         f"""
         import datetime, logging
-        from sparkml_prod.config import ScoreConfig, ScoringSpineConfig
-        from sparkml_prod.scoring import run_scoring
-        from sparkml_prod.session import get_spark
+        from sparkml_prod.core.config import ScoreConfig, ScoringSpineConfig
+        from sparkml_prod.runs.score import run_scoring
+        from sparkml_prod.core.session import get_spark
         logging.basicConfig(level=logging.INFO)
         spark = get_spark(master="local[2]", ui=False, conf={{
             "spark.driver.memory": "2g",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sparkml_prod.config import GenerateConfig, load_config
-from sparkml_prod.errors import ConfigError
+from sparkml_prod.core.config import GenerateConfig, load_config
+from sparkml_prod.core.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,14 +16,14 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from sparkml_prod.errors import SchemaError, TrainingDataError
-from sparkml_prod.evaluation import (
+from sparkml_prod.core.errors import SchemaError, TrainingDataError
+from sparkml_prod.modeling.evaluation import (
     BusinessValue,
     binned_scores,
     evaluate,
     score_histogram,
 )
-from sparkml_prod.report import write_report
+from sparkml_prod.modeling.report import write_report
 
 SCHEMA = StructType([StructField("label", DoubleType()), StructField("score", DoubleType())])
 

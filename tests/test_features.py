@@ -14,7 +14,8 @@ from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 
-from sparkml_prod.errors import ConfigError, SchemaError, TableNotFoundError
+from sparkml_prod.core.errors import ConfigError, SchemaError, TableNotFoundError
+from sparkml_prod.core.tables import write_table
 from sparkml_prod.features import (
     PointInTimeLookup,
     Recency,
@@ -22,7 +23,6 @@ from sparkml_prod.features import (
     build_feature_stages,
     categorical_indexer,
 )
-from sparkml_prod.tables import write_table
 
 T = dt.datetime
 AS_OF = T(2024, 3, 10)
@@ -340,7 +340,7 @@ def test_every_stage_round_trips_inside_a_pipeline_model(
     script = (
         "import datetime, sys\n"
         "from pyspark.ml import PipelineModel\n"
-        "from sparkml_prod.session import get_spark\n"
+        "from sparkml_prod.core.session import get_spark\n"
         "spark = get_spark(master='local[1]', ui=False)\n"
         "spine = spark.createDataFrame(eval(sys.argv[2]), sys.argv[3])\n"
         "out = PipelineModel.load(sys.argv[1]).transform(spine)\n"

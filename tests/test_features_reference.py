@@ -46,8 +46,12 @@ AS_OF = [
 ]
 WINDOWS = {"12h": 12 * 3600, "1d": DAY, "7d": 7 * DAY, "30d": 30 * DAY, "90d": 90 * DAY}
 LOOKBACK = ("30d", 30 * DAY)
-EVENT_TYPES = {"page_view": "page_view", "add_to_cart": "add_to_cart",
-               "purchase": "purchase", "Wish-List": "wish_list"}  # value -> name slug
+EVENT_TYPES = {
+    "page_view": "page_view",
+    "add_to_cart": "add_to_cart",
+    "purchase": "purchase",
+    "Wish-List": "wish_list",
+}  # value -> name slug
 CATEGORIES = ["Books", "Home-Garden", "toys", "Electronics"]
 CATEGORY_SPLIT = {"Books": "books", "Home-Garden": "home_garden", "Not-Sold": "not_sold"}
 SUM_SPLIT = {"Books": "books", "toys": "toys"}
@@ -104,8 +108,10 @@ def make_events(rng: np.random.RandomState) -> pd.DataFrame:
     boundary_end = len(rows)
 
     # Identical duplicates: some random rows and some boundary rows.
-    picks = [*rng.choice(boundary_start, size=50, replace=False),
-             *rng.choice(np.arange(boundary_start, boundary_end), size=15, replace=False)]
+    picks = [
+        *rng.choice(boundary_start, size=50, replace=False),
+        *rng.choice(np.arange(boundary_start, boundary_end), size=15, replace=False),
+    ]
     rows += [rows[i] for i in picks]
 
     # Rows with a null key: never seen by any stage.
@@ -142,8 +148,14 @@ def make_attributes(rng: np.random.RandomState) -> pd.DataFrame:
             if rng.rand() < 0.5:
                 times.add(a + int(rng.choice([-1, 1])))
         for t in sorted(times):
-            rows.append((user, t, plans[rng.choice(4, p=[0.35, 0.3, 0.25, 0.1])],
-                         countries[rng.randint(len(countries))]))
+            rows.append(
+                (
+                    user,
+                    t,
+                    plans[rng.choice(4, p=[0.35, 0.3, 0.25, 0.1])],
+                    countries[rng.randint(len(countries))],
+                )
+            )
     rows += [(None, AS_OF[0] - 1, "pro", "FR"), (5, None, "pro", "FR")]
     attributes = pd.DataFrame(rows, columns=["user_id", "t", "plan", "country"])
     attributes = attributes.iloc[rng.permutation(len(attributes))].reset_index(drop=True)
@@ -154,22 +166,29 @@ def make_attributes(rng: np.random.RandomState) -> pd.DataFrame:
 
 def make_spine(rng: np.random.RandomState) -> pd.DataFrame:
     """Every user x every as-of, an extra pass-through column, one duplicated row."""
-    rows = [(u, a, f"u{u}-a{i}", int(rng.randint(0, 1000)))
-            for u in SPINE_USERS for i, a in enumerate(AS_OF)]
+    rows = [
+        (u, a, f"u{u}-a{i}", int(rng.randint(0, 1000)))
+        for u in SPINE_USERS
+        for i, a in enumerate(AS_OF)
+    ]
     rows.append(rows[2])  # heavy user 1 at the non-midnight as-of, twice
     spine = pd.DataFrame(rows, columns=["user_id", "as_of_s", "row_tag", "label"])
     spine = spine.iloc[rng.permutation(len(spine))].reset_index(drop=True)
     return spine.astype({"user_id": "int64", "as_of_s": "int64", "label": "int64"})
 
 
-def to_spark(spark: SparkSession, frame: pd.DataFrame, schema: str, seconds: str,
-             name: str) -> DataFrame:
+def to_spark(
+    spark: SparkSession, frame: pd.DataFrame, schema: str, seconds: str, name: str
+) -> DataFrame:
     """``frame`` as a Spark frame, the epoch-seconds column ``seconds`` as timestamp ``name``."""
-    records = [tuple(None if pd.isna(v) else v for v in row)
-               for row in frame.astype(object).itertuples(index=False)]
+    records = [
+        tuple(None if pd.isna(v) else v for v in row)
+        for row in frame.astype(object).itertuples(index=False)
+    ]
     df = spark.createDataFrame(records, schema)
-    return df.select(*[F.timestamp_seconds(c).alias(name) if c == seconds else F.col(c)
-                       for c in df.columns])
+    return df.select(
+        *[F.timestamp_seconds(c).alias(name) if c == seconds else F.col(c) for c in df.columns]
+    )
 
 
 @dataclass
@@ -185,16 +204,27 @@ def data(spark: SparkSession) -> Iterator[Data]:
     rng = np.random.RandomState(SEED)
     events, attributes, spine = make_events(rng), make_attributes(rng), make_spine(rng)
     to_spark(
-        spark, events,
+        spark,
+        events,
         "user_id bigint, t bigint, event_type string, session_id string, amount double, "
         "product_category string",
-        "t", "event_time",
+        "t",
+        "event_time",
     ).createOrReplaceTempView(EVENTS_VIEW)
-    to_spark(spark, attributes, "user_id bigint, t bigint, plan string, country string",
-             "t", "valid_from").createOrReplaceTempView(ATTRIBUTES_VIEW)
-    spark_spine = to_spark(spark, spine,
-                           "user_id bigint, as_of_s bigint, row_tag string, label bigint",
-                           "as_of_s", "as_of")
+    to_spark(
+        spark,
+        attributes,
+        "user_id bigint, t bigint, plan string, country string",
+        "t",
+        "valid_from",
+    ).createOrReplaceTempView(ATTRIBUTES_VIEW)
+    spark_spine = to_spark(
+        spark,
+        spine,
+        "user_id bigint, as_of_s bigint, row_tag string, label bigint",
+        "as_of_s",
+        "as_of",
+    )
     yield Data(events, attributes, spine, spark_spine)
     spark.catalog.dropTempView(EVENTS_VIEW)
     spark.catalog.dropTempView(ATTRIBUTES_VIEW)
@@ -258,10 +288,18 @@ class Events:
         return self.where("event_type", "add_to_cart")
 
 
-NO_EVENTS = Events.of(pd.DataFrame({
-    "t": pd.Series([], dtype="int64"), "amount": pd.Series([], dtype="float64"),
-    **{c: pd.Series([], dtype=object) for c in ("event_type", "session_id", "product_category")},
-}))
+NO_EVENTS = Events.of(
+    pd.DataFrame(
+        {
+            "t": pd.Series([], dtype="int64"),
+            "amount": pd.Series([], dtype="float64"),
+            **{
+                c: pd.Series([], dtype=object)
+                for c in ("event_type", "session_id", "product_category")
+            },
+        }
+    )
+)
 
 
 def _distinct(values: np.ndarray) -> int:
@@ -331,9 +369,13 @@ def non_null(column: str) -> Reference:
 
 def amount_stats(flt: str | None) -> list[tuple[Spec, list[Output]]]:
     suffix = f"_{flt}" if flt else ""
-    return [({"agg": agg, "column": "amount", **({"filter": flt} if flt else {})},
-             [(f"amount_{agg}{suffix}", FLOAT, on_purchases(fn) if flt else fn)])
-            for agg, fn in STATS.items()]
+    return [
+        (
+            {"agg": agg, "column": "amount", **({"filter": flt} if flt else {})},
+            [(f"amount_{agg}{suffix}", FLOAT, on_purchases(fn) if flt else fn)],
+        )
+        for agg, fn in STATS.items()
+    ]
 
 
 # Each aggregation spec given to the stage, with its expected outputs (names per the docs).
@@ -341,42 +383,87 @@ AGGREGATIONS: list[tuple[Spec, list[Output]]] = [
     ({"agg": "count"}, [("event_count", INT, len)]),
     ({"agg": "count", "filter": "purchase"}, [("purchase_count", INT, on_purchases(len))]),
     ({"agg": "count", "filter": "cart"}, [("cart_count", INT, on_carts(len))]),
-    ({"agg": "count", "by": "event_type", "values": list(EVENT_TYPES)},
-     [(f"event_type_{slug}_count", INT, split("event_type", v, len))
-      for v, slug in EVENT_TYPES.items()]),
-    ({"agg": "count", "column": "product_category"},
-     [("product_category_count", INT, non_null("product_category"))]),
-    ({"agg": "count", "column": "amount", "filter": "purchase"},
-     [("amount_count_purchase", INT, on_purchases(non_null("amount")))]),
+    (
+        {"agg": "count", "by": "event_type", "values": list(EVENT_TYPES)},
+        [
+            (f"event_type_{slug}_count", INT, split("event_type", v, len))
+            for v, slug in EVENT_TYPES.items()
+        ],
+    ),
+    (
+        {"agg": "count", "column": "product_category"},
+        [("product_category_count", INT, non_null("product_category"))],
+    ),
+    (
+        {"agg": "count", "column": "amount", "filter": "purchase"},
+        [("amount_count_purchase", INT, on_purchases(non_null("amount")))],
+    ),
     *amount_stats(None),
     *amount_stats("purchase"),
-    ({"agg": "count_distinct", "column": "session_id"},
-     [("session_id_count_distinct", INT, distinct("session_id"))]),
-    ({"agg": "count_distinct", "column": "product_category"},
-     [("product_category_count_distinct", INT, distinct("product_category"))]),
-    ({"agg": "count_distinct", "column": "session_id", "filter": "purchase"},
-     [("session_id_count_distinct_purchase", INT, on_purchases(distinct("session_id")))]),
-    ({"agg": "count_distinct", "column": "product_category", "filter": "cart"},
-     [("product_category_count_distinct_cart", INT, on_carts(distinct("product_category")))]),
-    ({"agg": "count_distinct", "column": "session_id", "by": "event_type",
-      "values": list(EVENT_TYPES)},
-     [(f"session_id_event_type_{slug}_count_distinct", INT,
-       split("event_type", v, distinct("session_id")))
-      for v, slug in EVENT_TYPES.items()]),
-    ({"agg": "count", "by": "product_category", "values": list(CATEGORY_SPLIT),
-      "filter": "purchase"},
-     [(f"product_category_{slug}_purchase_count", INT,
-       on_purchases(split("product_category", v, len)))
-      for v, slug in CATEGORY_SPLIT.items()]),
-    ({"agg": "sum", "column": "amount", "by": "product_category", "values": list(SUM_SPLIT)},
-     [(f"amount_product_category_{slug}_sum", FLOAT, split("product_category", v, _sum))
-      for v, slug in SUM_SPLIT.items()]),
+    (
+        {"agg": "count_distinct", "column": "session_id"},
+        [("session_id_count_distinct", INT, distinct("session_id"))],
+    ),
+    (
+        {"agg": "count_distinct", "column": "product_category"},
+        [("product_category_count_distinct", INT, distinct("product_category"))],
+    ),
+    (
+        {"agg": "count_distinct", "column": "session_id", "filter": "purchase"},
+        [("session_id_count_distinct_purchase", INT, on_purchases(distinct("session_id")))],
+    ),
+    (
+        {"agg": "count_distinct", "column": "product_category", "filter": "cart"},
+        [("product_category_count_distinct_cart", INT, on_carts(distinct("product_category")))],
+    ),
+    (
+        {
+            "agg": "count_distinct",
+            "column": "session_id",
+            "by": "event_type",
+            "values": list(EVENT_TYPES),
+        },
+        [
+            (
+                f"session_id_event_type_{slug}_count_distinct",
+                INT,
+                split("event_type", v, distinct("session_id")),
+            )
+            for v, slug in EVENT_TYPES.items()
+        ],
+    ),
+    (
+        {
+            "agg": "count",
+            "by": "product_category",
+            "values": list(CATEGORY_SPLIT),
+            "filter": "purchase",
+        },
+        [
+            (
+                f"product_category_{slug}_purchase_count",
+                INT,
+                on_purchases(split("product_category", v, len)),
+            )
+            for v, slug in CATEGORY_SPLIT.items()
+        ],
+    ),
+    (
+        {"agg": "sum", "column": "amount", "by": "product_category", "values": list(SUM_SPLIT)},
+        [
+            (f"amount_product_category_{slug}_sum", FLOAT, split("product_category", v, _sum))
+            for v, slug in SUM_SPLIT.items()
+        ],
+    ),
 ]
 
 # (output name, type, function, window name)
-AGGREGATE_OUTPUTS = [(f"{name}_{window}", kind, fn, window)
-                     for _, outputs in AGGREGATIONS for name, kind, fn in outputs
-                     for window in WINDOWS]
+AGGREGATE_OUTPUTS = [
+    (f"{name}_{window}", kind, fn, window)
+    for _, outputs in AGGREGATIONS
+    for name, kind, fn in outputs
+    for window in WINDOWS
+]
 
 
 def events_by_user(events: pd.DataFrame) -> dict[int, Events]:
@@ -388,25 +475,34 @@ def reference_aggregates(events: pd.DataFrame, spine: pd.DataFrame) -> pd.DataFr
     records = []
     for row in spine.itertuples(index=False):
         mine = by_user.get(row.user_id, NO_EVENTS)
-        windows = {window: mine[(mine.t >= row.as_of_s - seconds) & (mine.t < row.as_of_s)]
-                   for window, seconds in WINDOWS.items()}
+        windows = {
+            window: mine[(mine.t >= row.as_of_s - seconds) & (mine.t < row.as_of_s)]
+            for window, seconds in WINDOWS.items()
+        }
         records.append([fn(windows[window]) for _, _, fn, window in AGGREGATE_OUTPUTS])
     features = pd.DataFrame.from_records(records, columns=[o[0] for o in AGGREGATE_OUTPUTS])
-    features = features.astype({name: "int64" if kind == INT else "float64"
-                                for name, kind, _, _ in AGGREGATE_OUTPUTS})
+    features = features.astype(
+        {name: "int64" if kind == INT else "float64" for name, kind, _, _ in AGGREGATE_OUTPUTS}
+    )
     return pd.concat([spine_output(spine), features], axis=1)
 
 
 def recency_outputs() -> list[str]:
-    return [f"days_since_{which}_{subject}"
-            for subject in ["event", *FILTERS] for which in ("last", "first")]
+    return [
+        f"days_since_{which}_{subject}"
+        for subject in ["event", *FILTERS]
+        for which in ("last", "first")
+    ]
 
 
-def reference_recency(events: pd.DataFrame, spine: pd.DataFrame,
-                      lookback_seconds: int | None) -> pd.DataFrame:
+def reference_recency(
+    events: pd.DataFrame, spine: pd.DataFrame, lookback_seconds: int | None
+) -> pd.DataFrame:
     by_user = events_by_user(events)
     subjects: dict[str, Callable[[Events], Events]] = {
-        "event": lambda e: e, "purchase": Events.purchases, "cart": Events.carts,
+        "event": lambda e: e,
+        "purchase": Events.purchases,
+        "cart": Events.carts,
     }
     assert list(subjects) == ["event", *FILTERS]
     records = []
@@ -418,8 +514,10 @@ def reference_recency(events: pd.DataFrame, spine: pd.DataFrame,
         record = []
         for select in subjects.values():
             times = select(seen).t
-            record += [(a - int(times.max())) / DAY if len(times) else math.nan,  # last
-                       (a - int(times.min())) / DAY if len(times) else math.nan]  # first
+            record += [
+                (a - int(times.max())) / DAY if len(times) else math.nan,  # last
+                (a - int(times.min())) / DAY if len(times) else math.nan,
+            ]  # first
         records.append(record)
     features = pd.DataFrame.from_records(records, columns=recency_outputs()).astype("float64")
     return pd.concat([spine_output(spine), features], axis=1)
@@ -452,8 +550,13 @@ def _mismatches(actual: pd.Series, expected: pd.Series) -> np.ndarray:
         with np.errstate(invalid="ignore"):
             close = np.isclose(a, e, rtol=RTOL, atol=ATOL)
         return ~(close | both_null)
-    equal = np.array([x == y if not (pd.isna(x) or pd.isna(y)) else False
-                      for x, y in zip(actual, expected, strict=True)], dtype=bool)
+    equal = np.array(
+        [
+            x == y if not (pd.isna(x) or pd.isna(y)) else False
+            for x, y in zip(actual, expected, strict=True)
+        ],
+        dtype=bool,
+    )
     return ~(equal | both_null)
 
 
@@ -463,8 +566,13 @@ def _show(value: object) -> str:
     return repr(value.item() if isinstance(value, np.generic) else value)
 
 
-def describe_differences(actual: pd.DataFrame, expected: pd.DataFrame, keys: Sequence[str],
-                         rows: int = 15, columns: int = 6) -> str:
+def describe_differences(
+    actual: pd.DataFrame,
+    expected: pd.DataFrame,
+    keys: Sequence[str],
+    rows: int = 15,
+    columns: int = 6,
+) -> str:
     """The differing rows (by key), each with its differing columns: actual vs expected."""
     if list(actual.columns) != list(expected.columns) or len(actual) != len(expected):
         return ""
@@ -474,12 +582,18 @@ def describe_differences(actual: pd.DataFrame, expected: pd.DataFrame, keys: Seq
         return ""
     bad_rows = np.flatnonzero(np.logical_or.reduce(list(per_column.values())))
     counts = [f"{c} ({int(bad.sum())})" for c, bad in per_column.items()]
-    lines = [f"{len(bad_rows)} of {len(expected)} row(s) differ in {len(counts)} column(s): "
-             + ", ".join(counts[:20]) + (", ..." if len(counts) > 20 else "")]
+    lines = [
+        f"{len(bad_rows)} of {len(expected)} row(s) differ in {len(counts)} column(s): "
+        + ", ".join(counts[:20])
+        + (", ..." if len(counts) > 20 else "")
+    ]
     for i in bad_rows[:rows]:
         key = ", ".join(f"{k}={expected[k].iloc[i]}" for k in keys)
-        diffs = [f"{c}: got {_show(actual[c].iloc[i])}, expected {_show(expected[c].iloc[i])}"
-                 for c, bad in per_column.items() if bad[i]]
+        diffs = [
+            f"{c}: got {_show(actual[c].iloc[i])}, expected {_show(expected[c].iloc[i])}"
+            for c, bad in per_column.items()
+            if bad[i]
+        ]
         more = f"; +{len(diffs) - columns} more column(s)" if len(diffs) > columns else ""
         lines.append(f"  [{key}] " + "; ".join(diffs[:columns]) + more)
     if len(bad_rows) > rows:
@@ -487,8 +601,9 @@ def describe_differences(actual: pd.DataFrame, expected: pd.DataFrame, keys: Seq
     return "\n".join(lines)
 
 
-def assert_matches_reference(result: DataFrame, expected: pd.DataFrame,
-                             types: dict[str, str]) -> None:
+def assert_matches_reference(
+    result: DataFrame, expected: pd.DataFrame, types: dict[str, str]
+) -> None:
     """``result`` (Spark) equals ``expected`` (pandas): columns, types, all rows, all values."""
     assert result.columns == list(expected.columns)
     spark_types = dict(result.dtypes)
@@ -544,14 +659,16 @@ def test_window_aggregates_match_reference(data: Data) -> None:
     result = stage.transform(data.spark_spine)
     expected = reference_aggregates(data.events, data.spine)
     assert stage.outputColumns() == [name for name, _, _, _ in AGGREGATE_OUTPUTS]
-    assert_matches_reference(result, expected,
-                             {name: kind for name, kind, _, _ in AGGREGATE_OUTPUTS})
+    assert_matches_reference(
+        result, expected, {name: kind for name, kind, _, _ in AGGREGATE_OUTPUTS}
+    )
 
 
 @pytest.mark.parametrize("lookback", [None, LOOKBACK], ids=["all-history", "lookback-30d"])
 def test_recency_matches_reference(data: Data, lookback: tuple[str, int] | None) -> None:
-    stage = Recency(sourceTable=EVENTS_VIEW, filters=FILTERS,
-                    lookback=lookback[0] if lookback else "")
+    stage = Recency(
+        sourceTable=EVENTS_VIEW, filters=FILTERS, lookback=lookback[0] if lookback else ""
+    )
     result = stage.transform(data.spark_spine)
     expected = reference_recency(data.events, data.spine, lookback[1] if lookback else None)
     assert stage.outputColumns() == recency_outputs()
@@ -559,8 +676,9 @@ def test_recency_matches_reference(data: Data, lookback: tuple[str, int] | None)
 
 
 def test_point_in_time_lookup_matches_reference(data: Data) -> None:
-    stage = PointInTimeLookup(sourceTable=ATTRIBUTES_VIEW, attributeCols=["plan", "country"],
-                              outputPrefix="attr_")
+    stage = PointInTimeLookup(
+        sourceTable=ATTRIBUTES_VIEW, attributeCols=["plan", "country"], outputPrefix="attr_"
+    )
     result = stage.transform(data.spark_spine)
     expected = reference_lookup(data.attributes, data.spine, "attr_")
     assert_matches_reference(result, expected, {"attr_plan": STRING, "attr_country": STRING})

@@ -8,15 +8,15 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 
-from sparkml_prod.errors import LeakageError, TrainingDataError
-from sparkml_prod.labels import (
+from sparkml_prod.core.errors import LeakageError, TrainingDataError
+from sparkml_prod.data.labels import (
     TimeSplit,
     add_labels,
     check_labels_complete,
     check_time_split,
     labels_complete_until,
 )
-from sparkml_prod.spine import as_of_schedule
+from sparkml_prod.data.spine import as_of_schedule
 
 T = dt.datetime
 AS_OF = T(2024, 3, 1)

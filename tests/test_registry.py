@@ -12,9 +12,9 @@ from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.feature import SQLTransformer
 from pyspark.sql import SparkSession
 
-from sparkml_prod import registry as registry_module
-from sparkml_prod.errors import ModelNotFoundError, PromotionRefusedError
+from sparkml_prod.core.errors import ModelNotFoundError, PromotionRefusedError
 from sparkml_prod.registry import ModelRegistry, ModelVersion, format_versions
+from sparkml_prod.registry import storage as storage_module
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,7 @@ def test_alias_moves_with_each_file_system_strategy(
     # The HDFS (FileContext OVERWRITE), object store (one PUT) and fallback code paths,
     # exercised on local disk.
     registry = _registry_with(spark, tmp_path, model, 2)
-    monkeypatch.setattr(registry_module, "_replace_strategy", lambda scheme: strategy)
+    monkeypatch.setattr(storage_module, "_replace_strategy", lambda scheme: strategy)
 
     registry.set_alias("m", "production", 1)
     registry.set_alias("m", "production", 2)
@@ -318,7 +318,7 @@ def test_failed_register_leaves_no_trace(
     def broken_copy(self: object, source: str, target: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(registry_module._Storage, "copy_in", broken_copy)
+    monkeypatch.setattr(storage_module.Storage, "copy_in", broken_copy)
     with pytest.raises(OSError, match="disk full"):
         registry.register("m", model, {}, report_dir=str(report))
 

@@ -13,12 +13,12 @@ from pyspark.ml.feature import SQLTransformer
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from sparkml_prod.config import ChallengerConfig, ScoreConfig, ScoringSpineConfig
-from sparkml_prod.errors import EmptyResultError, ModelNotFoundError, SchemaError
+from sparkml_prod.core.config import ChallengerConfig, ScoreConfig, ScoringSpineConfig
+from sparkml_prod.core.errors import EmptyResultError, ModelNotFoundError, SchemaError
+from sparkml_prod.core.tables import read_table, table_exists, write_table
 from sparkml_prod.features import WindowAggregates
 from sparkml_prod.registry import ModelRegistry
-from sparkml_prod.scoring import BUCKETS, assign_variant, run_scoring, variant_bucket
-from sparkml_prod.tables import read_table, table_exists, write_table
+from sparkml_prod.runs.score import BUCKETS, assign_variant, run_scoring, variant_bucket
 
 T = dt.datetime
 A, B = dt.date(2024, 3, 10), dt.date(2024, 3, 20)

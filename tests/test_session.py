@@ -10,7 +10,7 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 
-from sparkml_prod.session import REQUIRED_DEFAULTS
+from sparkml_prod.core.session import REQUIRED_DEFAULTS
 
 DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.0"
 
@@ -42,7 +42,7 @@ def test_delta_sql_table_round_trip(spark: SparkSession) -> None:
 
 PROBE = """
 import json
-from sparkml_prod.session import get_spark
+from sparkml_prod.core.session import get_spark
 spark = get_spark("probe")
 keys = ["spark.master", "spark.sql.shuffle.partitions", "spark.sql.session.timeZone",
         "spark.sql.extensions", "spark.app.name"]

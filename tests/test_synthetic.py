@@ -9,7 +9,7 @@ from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from sparkml_prod.datasets import (
+from sparkml_prod.data.synthetic import (
     EVENTS_SCHEMA,
     USER_ATTRIBUTES_SCHEMA,
     USERS_SCHEMA,

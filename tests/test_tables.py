@@ -8,8 +8,8 @@ from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 from pyspark.sql.types import DateType, LongType, StringType, StructField, StructType
 
-from sparkml_prod.errors import SchemaError, TableNotFoundError
-from sparkml_prod.tables import (
+from sparkml_prod.core.errors import SchemaError, TableNotFoundError
+from sparkml_prod.core.tables import (
     overwrite_partition,
     read_table,
     require_columns,

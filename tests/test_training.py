@@ -16,22 +16,22 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from sparkml_prod.config import TrainConfig, from_mapping
-from sparkml_prod.datasets.synthetic import (
-    SyntheticSpec,
-    generate_events,
-    generate_user_attributes,
-)
-from sparkml_prod.errors import (
+from sparkml_prod.core.config import TrainConfig, from_mapping
+from sparkml_prod.core.errors import (
     ClusterCapacityError,
     LeakageError,
     PromotionRefusedError,
     TrainingDataError,
 )
-from sparkml_prod.evaluation import evaluate
+from sparkml_prod.core.tables import table_exists, write_table
+from sparkml_prod.data.synthetic import (
+    SyntheticSpec,
+    generate_events,
+    generate_user_attributes,
+)
+from sparkml_prod.modeling.evaluation import evaluate
 from sparkml_prod.registry import ModelRegistry
-from sparkml_prod.tables import table_exists, write_table
-from sparkml_prod.train_run import comparison_gate, run_training
+from sparkml_prod.runs.train import comparison_gate, run_training
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = SyntheticSpec(n_users=1500, start=dt.date(2023, 1, 1), end=dt.date(2023, 10, 1), seed=7)
@@ -126,7 +126,7 @@ def test_training_end_to_end(spark: SparkSession, tables: dict[str, str], tmp_pa
     script = (
         "import sys\n"
         "from pyspark.ml import PipelineModel\n"
-        "from sparkml_prod.session import get_spark\n"
+        "from sparkml_prod.core.session import get_spark\n"
         "spark = get_spark('fresh-scoring', master='local[1]', ui=False)\n"
         "model = PipelineModel.load(sys.argv[1])\n"
         "spine = spark.read.format('delta').load(sys.argv[2])\n"

@@ -21,7 +21,8 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from sparkml_prod.features._common import (
+from sparkml_prod.core.time import micros
+from sparkml_prod.features.params import (
     HasOutputPrefix,
     HasSource,
     HasSpineKeys,
@@ -29,7 +30,6 @@ from sparkml_prod.features._common import (
     check_spine,
     exclude_null_keys,
     join_to_spine,
-    micros,
     read_source,
     require_source_param,
     spine_keys,

@@ -26,7 +26,8 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from sparkml_prod.features._common import (
+from sparkml_prod.core.time import micros, parse_window, prune_to, spine_time_range
+from sparkml_prod.features.params import (
     HasFilters,
     HasOutputPrefix,
     HasSource,
@@ -36,13 +37,9 @@ from sparkml_prod.features._common import (
     check_spine,
     exclude_null_keys,
     join_to_spine,
-    micros,
-    parse_window,
-    prune_to,
     read_source,
     require_source_param,
     spine_keys,
-    spine_time_range,
 )
 
 __all__ = ["Recency"]

@@ -39,8 +39,8 @@ from typing import Any, Union
 from pyspark.ml.base import Estimator, Transformer
 from pyspark.ml.feature import SQLTransformer
 
-from sparkml_prod.config import read_yaml
-from sparkml_prod.errors import ConfigError
+from sparkml_prod.core.config import read_yaml
+from sparkml_prod.core.errors import ConfigError
 from sparkml_prod.features.aggregates import WindowAggregates
 from sparkml_prod.features.categorical import categorical_indexer
 from sparkml_prod.features.lookup import PointInTimeLookup

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from sparkml_prod.features._common import TIMESTAMP_TYPES, micros, parse_window, prune_to
-from sparkml_prod.tables import read_table
+from sparkml_prod.core.tables import read_table
+from sparkml_prod.core.time import TIMESTAMP_TYPES, micros, parse_window, prune_to
 
 __all__ = ["active_entity_spine", "as_of_schedule", "as_of_timestamps"]
 

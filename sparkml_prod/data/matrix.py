@@ -12,13 +12,9 @@ from pyspark.ml import Pipeline, PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from sparkml_prod.config import FeaturesConfig, TrainConfig
-from sparkml_prod.errors import TrainingDataError
-from sparkml_prod.features import load_feature_spec
-from sparkml_prod.features.spec import PipelineStage
-from sparkml_prod.labels import add_labels
-from sparkml_prod.spine import active_entity_spine
-from sparkml_prod.tables import (
+from sparkml_prod.core.config import FeaturesConfig, TrainConfig
+from sparkml_prod.core.errors import TrainingDataError
+from sparkml_prod.core.tables import (
     NUMERIC,
     delta_version,
     is_path,
@@ -27,6 +23,10 @@ from sparkml_prod.tables import (
     table_path,
     write_table,
 )
+from sparkml_prod.data.labels import add_labels
+from sparkml_prod.data.spine import active_entity_spine
+from sparkml_prod.features import load_feature_spec
+from sparkml_prod.features.spec import PipelineStage
 
 __all__ = [
     "fit_feature_pipeline",
@@ -37,7 +37,7 @@ __all__ = [
     "VALIDATION_FLAG",
 ]
 
-log = logging.getLogger("sparkml_prod.matrix")
+log = logging.getLogger("sparkml_prod.data.matrix")
 
 
 def fit_feature_pipeline(stages: Sequence[PipelineStage], spine: DataFrame) -> PipelineModel:

@@ -2,7 +2,7 @@
 
 :func:`load_config` checks a YAML file against a dataclass declared with type hints:
 an unknown key, a missing required key or a value of the wrong type is a
-:class:`~sparkml_prod.errors.ConfigError` naming the file, the dotted key and what was
+:class:`~sparkml_prod.core.errors.ConfigError` naming the file, the dotted key and what was
 expected. Fields with defaults are optional; fields without are required.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, TypeVar, Union
 
 import yaml
 
-from sparkml_prod.errors import ConfigError
+from sparkml_prod.core.errors import ConfigError
 
 __all__ = [
     "load_config",
@@ -48,7 +48,7 @@ def load_config(path: str | Path, schema: type[T]) -> T:
 
     Examples
     --------
-    >>> from sparkml_prod.config import GenerateConfig, load_config
+    >>> from sparkml_prod.core.config import GenerateConfig, load_config
     >>> load_config("conf/generate.yaml", GenerateConfig).n_users  # doctest: +SKIP
     10000
     """
@@ -179,7 +179,7 @@ class GenerateConfig:
     """``sparkml-prod generate``: where to write the synthetic tables, and their size.
 
     ``users_table``, ``user_attributes_table`` and ``events_table`` are table references
-    (a path, ``delta.`/path```, or a catalog name); see :mod:`sparkml_prod.tables`.
+    (a path, ``delta.`/path```, or a catalog name); see :mod:`sparkml_prod.core.tables`.
     """
 
     users_table: str

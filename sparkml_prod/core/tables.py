@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 
-from sparkml_prod.errors import SchemaError, TableNotFoundError
+from sparkml_prod.core.errors import SchemaError, TableNotFoundError
 
 __all__ = [
     "is_path",

@@ -1,7 +1,7 @@
 """Params and source handling shared by the feature stages.
 
 Every stage reads its events from a *source*: a table reference (see
-:mod:`sparkml_prod.tables`) kept as a plain string Param, so it saves with the model and a
+:mod:`sparkml_prod.core.tables`) kept as a plain string Param, so it saves with the model and a
 scoring job can point it at the production table with ``setSourceTable``.
 """
 
@@ -16,30 +16,13 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from sparkml_prod.errors import SchemaError
-from sparkml_prod.tables import read_table, require_columns
+from sparkml_prod.core.errors import SchemaError
+from sparkml_prod.core.tables import read_table, require_columns
+from sparkml_prod.core.time import TIMESTAMP_TYPES, micros
 
 log = logging.getLogger("sparkml_prod.features")
 
-TIMESTAMP_TYPES = ("timestamp", "timestamp_ntz", "date")
-_WINDOW = re.compile(r"^([1-9][0-9]*)([smhdw])$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def parse_window(window: str, owner: str = "WindowAggregates", param: str = "windows") -> int:
-    """Length of a window string such as ``"7d"`` in microseconds.
-
-    Units: ``s`` seconds, ``m`` minutes, ``h`` hours, ``d`` days, ``w`` weeks.
-    """
-    match = _WINDOW.match(window) if isinstance(window, str) else None
-    if match is None:
-        raise ValueError(
-            f"The '{param}' parameter of {owner} must be a list of windows such as "
-            f"'7d', '12h' or '2w' (a positive integer and one of s, m, h, d, w). "
-            f"Got {window!r} instead."
-        )
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)] * 1_000_000
 
 
 def to_identifier(value: str, owner: str, param: str) -> str:
@@ -197,12 +180,6 @@ def check_outputs_are_new(spine: DataFrame, outputs: Sequence[str], owner: str) 
         )
 
 
-def micros(col: str | Column) -> Column:
-    """Microseconds since the epoch of a timestamp, timestamp_ntz or date column."""
-    column = F.col(col) if isinstance(col, str) else col
-    return F.unix_micros(column.cast("timestamp"))
-
-
 def read_source(
     spark: SparkSession,
     ref: str,
@@ -241,12 +218,6 @@ def exclude_null_keys(
     return source.filter(~is_null_key)
 
 
-def spine_time_range(spine: DataFrame, as_of: str) -> tuple[int | None, int | None]:
-    """Smallest and largest as-of of the spine, in microseconds (None for an empty spine)."""
-    row = spine.agg(F.min(micros(as_of)), F.max(micros(as_of))).head()
-    return (row[0], row[1]) if row is not None else (None, None)
-
-
 def check_filters(source: DataFrame, filters: Mapping[str, str], ref: str, owner: str) -> None:
     """Each named filter must be a valid condition on the source (checked without a job)."""
     for name, condition in filters.items():
@@ -258,23 +229,6 @@ def check_filters(source: DataFrame, filters: Mapping[str, str], ref: str, owner
                 f"source '{ref}' (columns: {', '.join(source.columns)}): "
                 f"{str(exc).strip().splitlines()[0]}"
             ) from None
-
-
-def prune_to(source: DataFrame, timestamp: str, start: int | None, end: int) -> DataFrame:
-    """Keep rows with ``start <= time < end`` (microseconds; ``start`` None: no lower bound).
-
-    Bounds on a timestamp column are also given as literals on the raw column, so they
-    reach Delta's data skipping and partition filters.
-    """
-    exact = micros(timestamp) < F.lit(end)
-    if start is not None:
-        exact = exact & (micros(timestamp) >= F.lit(start))
-    if dict(source.dtypes)[timestamp] != "timestamp":
-        return source.where(exact)
-    bounds = F.col(timestamp) < F.timestamp_micros(F.lit(end))
-    if start is not None:
-        bounds = bounds & (F.col(timestamp) >= F.timestamp_micros(F.lit(start)))
-    return source.where(bounds & exact)
 
 
 def spine_keys(spine: DataFrame, entity: str, as_of: str, time_name: str = "__a") -> DataFrame:

@@ -25,19 +25,19 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from sparkml_prod._version import __version__
-from sparkml_prod.config import Schedule, SplitConfig, TrainConfig
-from sparkml_prod.errors import ConfigError
-from sparkml_prod.features import load_feature_spec
-from sparkml_prod.features._common import parse_window
-from sparkml_prod.labels import (
+from sparkml_prod.core.config import Schedule, SplitConfig, TrainConfig
+from sparkml_prod.core.errors import ConfigError
+from sparkml_prod.core.time import parse_window
+from sparkml_prod.data.labels import (
     TimeSplit,
     check_labels_complete,
     check_time_split,
     labels_complete_until,
 )
-from sparkml_prod.matrix import SPLIT_COL, TrainingMatrix, build_training_matrix
-from sparkml_prod.spine import as_of_schedule, as_of_timestamps
-from sparkml_prod.training import (
+from sparkml_prod.data.matrix import SPLIT_COL, TrainingMatrix, build_training_matrix
+from sparkml_prod.data.spine import as_of_schedule, as_of_timestamps
+from sparkml_prod.features import load_feature_spec
+from sparkml_prod.modeling.training import (
     METRICS_HIGHER_IS_BETTER,
     check_model_resources,
     feature_importance,
@@ -48,7 +48,7 @@ from sparkml_prod.training import (
 
 __all__ = ["TrainingRun", "run_training", "resolve_split", "comparison_gate"]
 
-log = logging.getLogger("sparkml_prod.train_run")
+log = logging.getLogger("sparkml_prod.runs.train")
 
 
 @dataclass
@@ -133,7 +133,7 @@ def run_backtest(
 ) -> dict[str, Any]:
     """Rolling evaluation: for each backtest date, train on the snapshots whose label
     windows end before it (the latest of them validates), test on that date."""
-    from sparkml_prod.evaluation import evaluate
+    from sparkml_prod.modeling.evaluation import evaluate
 
     horizon = dt.timedelta(microseconds=parse_window(config.label.horizon))
     folds = []
@@ -194,7 +194,7 @@ def comparison_gate(
     Both models score the raw test spine through their own full pipelines, so models
     with different feature stages are compared fairly.
     """
-    from sparkml_prod.evaluation import evaluate
+    from sparkml_prod.modeling.evaluation import evaluate
 
     higher = METRICS_HIGHER_IS_BETTER[metric]
 
@@ -233,9 +233,9 @@ def _jsonable(value: Any) -> Any:
 
 def run_training(spark: SparkSession, config: TrainConfig) -> TrainingRun:
     """Train, evaluate, report and register one model version (see the module docs)."""
-    from sparkml_prod.evaluation import BusinessValue, evaluate, score_histogram
+    from sparkml_prod.modeling.evaluation import BusinessValue, evaluate, score_histogram
+    from sparkml_prod.modeling.report import write_report
     from sparkml_prod.registry import ModelRegistry
-    from sparkml_prod.report import write_report
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -373,7 +373,7 @@ def run_training(spark: SparkSession, config: TrainConfig) -> TrainingRun:
             search.metric,
             config.promotion_margin,
         )
-        from sparkml_prod.errors import PromotionRefusedError
+        from sparkml_prod.core.errors import PromotionRefusedError
 
         try:
             registry.promote(config.model_name, version.version, config.promote_to, gate=gate)

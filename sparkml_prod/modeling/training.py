@@ -1,6 +1,6 @@
 """Model training on the data matrix: the model stage, random search, early stopping.
 
-The features are computed ONCE, into the training matrix (:mod:`sparkml_prod.matrix`).
+The features are computed ONCE, into the training matrix (:mod:`sparkml_prod.data.matrix`).
 Every candidate of the search trains on the matrix's training rows and is scored on its
 validation snapshot; the best one is kept as fitted (no refit: with early stopping, the
 validation snapshot chose its number of trees). The final artefact is one
@@ -18,7 +18,7 @@ Model stages:
   ``RandomForestClassifier``, ...): ``Imputer`` (training median; these models cannot take
   NaN) -> ``VectorAssembler`` -> optional ``StandardScaler`` -> the classifier.
 
-Both end with :class:`~sparkml_prod.model_stages.ProbabilityScore`, which writes ``score``.
+Both end with :class:`~sparkml_prod.modeling.stages.ProbabilityScore`, which writes ``score``.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ from pyspark.ml.feature import Imputer, StandardScaler, VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from sparkml_prod.config import ModelConfig, SearchConfig
-from sparkml_prod.errors import ClusterCapacityError, ConfigError
-from sparkml_prod.matrix import SPLIT_COL, VALIDATION_FLAG
-from sparkml_prod.model_stages import ProbabilityScore
+from sparkml_prod.core.config import ModelConfig, SearchConfig
+from sparkml_prod.core.errors import ClusterCapacityError, ConfigError
+from sparkml_prod.data.matrix import SPLIT_COL, VALIDATION_FLAG
+from sparkml_prod.modeling.stages import ProbabilityScore
 
 __all__ = [
     "Candidate",
@@ -55,7 +55,7 @@ __all__ = [
     "model_description",
 ]
 
-log = logging.getLogger("sparkml_prod.training")
+log = logging.getLogger("sparkml_prod.modeling.training")
 
 METRICS_HIGHER_IS_BETTER = {"roc_auc": True, "pr_auc": True, "log_loss": False}
 FEATURES_VECTOR = "features"
@@ -183,7 +183,7 @@ def fit_candidate(
 
 
 def sample_params(space: Mapping[str, Mapping[str, Sequence[Any]]], rng: random.Random) -> dict:
-    """One candidate from a search space (see :class:`~sparkml_prod.config.SearchConfig`)."""
+    """One candidate from a search space (see :class:`~sparkml_prod.core.config.SearchConfig`)."""
     out: dict[str, Any] = {}
     for name, spec in space.items():
         if not isinstance(spec, Mapping) or len(spec) != 1:
@@ -255,7 +255,7 @@ def best_iteration(model: PipelineModel) -> int | None:
 
 def validation_metrics(predictions: DataFrame, label_col: str = "label") -> dict[str, float]:
     """ROC AUC, PR AUC and log loss of a scored snapshot (computed in Spark)."""
-    from sparkml_prod.evaluation import evaluate
+    from sparkml_prod.modeling.evaluation import evaluate
 
     metrics = evaluate(predictions, label_col=label_col, score_col="score")
     return {k: float(metrics[k]) for k in ("roc_auc", "pr_auc", "log_loss")}

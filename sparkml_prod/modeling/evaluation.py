@@ -17,8 +17,8 @@ straddles a decile boundary is split between the two deciles in proportion to it
 rows, its positives along with them, so each decile holds exactly ``n / 10`` users
 (hence float ``n`` and ``positives`` in the decile rows).
 
-:func:`sparkml_prod.report.write_report` turns the metrics into ``metrics.json``, PNG plots and a
-``report.html`` that embeds the plots, so the page renders when copied alone.
+:func:`sparkml_prod.modeling.report.write_report` turns the metrics into ``metrics.json``,
+PNG plots and a ``report.html`` that embeds the plots, so the page renders when copied alone.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from sparkml_prod.errors import TrainingDataError
-from sparkml_prod.tables import NUMERIC, require_columns
+from sparkml_prod.core.errors import TrainingDataError
+from sparkml_prod.core.tables import NUMERIC, require_columns
 
 if TYPE_CHECKING:
     pass
@@ -146,7 +146,7 @@ def score_histogram(
     """Counts of positives and negatives in equal-width score bins, from one aggregation.
 
     Used to compare the train and test score distributions (see
-    :func:`sparkml_prod.report.write_report`).
+    :func:`sparkml_prod.modeling.report.write_report`).
 
     Returns
     -------

@@ -23,17 +23,10 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from sparkml_prod.errors import LeakageError, TrainingDataError
-from sparkml_prod.features._common import (
-    TIMESTAMP_TYPES,
-    check_filters,
-    exclude_null_keys,
-    micros,
-    parse_window,
-    prune_to,
-    spine_time_range,
-)
-from sparkml_prod.tables import NUMERIC, read_table, require_columns
+from sparkml_prod.core.errors import LeakageError, TrainingDataError
+from sparkml_prod.core.tables import NUMERIC, read_table, require_columns
+from sparkml_prod.core.time import TIMESTAMP_TYPES, micros, parse_window, prune_to, spine_time_range
+from sparkml_prod.features.params import check_filters, exclude_null_keys
 
 __all__ = [
     "LABEL_KINDS",

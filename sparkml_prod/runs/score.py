@@ -42,11 +42,11 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from sparkml_prod.config import ScoreConfig
-from sparkml_prod.errors import ConfigError, EmptyResultError, SchemaError
+from sparkml_prod.core.config import ScoreConfig
+from sparkml_prod.core.errors import ConfigError, EmptyResultError, SchemaError
+from sparkml_prod.core.tables import overwrite_partition, read_table, schema_of
+from sparkml_prod.data.spine import active_entity_spine
 from sparkml_prod.registry import ModelRegistry, ModelVersion
-from sparkml_prod.spine import active_entity_spine
-from sparkml_prod.tables import overwrite_partition, read_table, schema_of
 
 __all__ = [
     "ScoringRun",
@@ -58,7 +58,7 @@ __all__ = [
     "check_inputs",
 ]
 
-log = logging.getLogger("sparkml_prod.scoring")
+log = logging.getLogger("sparkml_prod.runs.score")
 
 BUCKETS = 10_000
 ROWS_PER_FILE = 1_000_000

@@ -1,6 +1,6 @@
 """The training report: ``metrics.json``, PNG plots and a self-contained ``report.html``.
 
-:func:`write_report` draws what :func:`sparkml_prod.evaluation.evaluate` computed (ROC, PR,
+:func:`write_report` draws what :func:`sparkml_prod.modeling.evaluation.evaluate` computed (ROC, PR,
 calibration, gains and lift, score histograms per class for test and train, feature
 importance, the business profit curve) with matplotlib's object API and the Agg canvas
 (no pyplot state), and embeds the PNGs as data URIs so the page renders when copied alone.
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sparkml_prod.evaluation import REQUIRED_METRICS as _REQUIRED_METRICS
+from sparkml_prod.modeling.evaluation import REQUIRED_METRICS as _REQUIRED_METRICS
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

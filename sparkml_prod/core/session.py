@@ -38,7 +38,7 @@ LOCAL_DEFAULTS: dict[str, str] = {
     "spark.sql.sources.parallelPartitionDiscovery.parallelism": "4",
 }
 
-_LOG4J2 = Path(__file__).resolve().parent.parent / "conf" / "log4j2.properties"
+_LOG4J2 = Path(__file__).resolve().parents[2] / "conf" / "log4j2.properties"
 
 
 def running_under_spark_submit() -> bool:
@@ -79,7 +79,7 @@ def get_spark(
 
     Examples
     --------
-    >>> from sparkml_prod.session import get_spark
+    >>> from sparkml_prod.core.session import get_spark
     >>> spark = get_spark(ui=False)
     >>> spark.conf.get("spark.sql.session.timeZone")
     'UTC'
@@ -123,7 +123,7 @@ def get_spark(
 
 
 if __name__ == "__main__":
-    # `python -m sparkml_prod.session` resolves Delta's jars into the Ivy cache once.
+    # `python -m sparkml_prod.core.session` resolves Delta's jars into the Ivy cache once.
     session = get_spark(ui=False)
     session.range(1).write.format("delta").mode("overwrite").save(
         os.path.join(os.environ.get("TMPDIR", "/tmp"), "sparkml-prod-warmup")

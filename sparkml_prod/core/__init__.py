@@ -1,0 +1,1 @@
+"""The foundation: the one SparkSession factory, config loading, Delta tables, UTC time, errors."""

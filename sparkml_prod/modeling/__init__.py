@@ -1,0 +1,1 @@
+"""Model stages, training and search, evaluation and the report."""

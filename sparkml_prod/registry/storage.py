@@ -1,0 +1,197 @@
+"""The registry's file operations on any Hadoop file system, through the session's JVM.
+
+How each write stays safe for concurrent readers is described in
+:mod:`sparkml_prod.registry.registry`; this module holds the mechanics: listing, reading,
+writing, a rename that refuses an existing target, and a replace that readers see whole.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+from py4j.java_gateway import is_instance_of
+from py4j.protocol import Py4JJavaError
+from pyspark.sql import SparkSession
+
+from sparkml_prod.core.errors import SparkmlProdError
+
+__all__ = ["Storage", "TMP_PREFIX", "normalize_root"]
+
+TMP_PREFIX = ".tmp-"
+
+# File systems without an atomic rename, whose single PUT per object is atomic instead.
+_OBJECT_STORES = frozenset(
+    {"s3", "s3a", "s3n", "gs", "abfs", "abfss", "wasb", "wasbs", "oss", "cosn", "obs"}
+)
+
+
+class Storage:
+    """The Hadoop FileSystem calls of the registry, through the session's JVM."""
+
+    def __init__(self, spark: SparkSession, root: str) -> None:
+        jvm: Any = getattr(spark, "_jvm", None)
+        if jvm is None:
+            raise SparkmlProdError(
+                "ModelRegistry needs a classic SparkSession with a JVM (Hadoop's FileSystem "
+                f"API); got {type(spark).__name__} without one (Spark Connect?). Create the "
+                "session with sparkml_prod.get_spark()."
+            )
+        self._gateway: Any = spark.sparkContext._gateway
+        self._conf: Any = spark._jsc.hadoopConfiguration()
+        self._hadoop: Any = jvm.org.apache.hadoop.fs
+        self.fs: Any = self.path(root).getFileSystem(self._conf)
+        self.scheme = str(self.fs.getUri().getScheme())
+        # The local file system checksums through hidden .crc side files, which a rename
+        # cannot replace together with the file: alias files skip them.
+        checksummed = is_instance_of(self._gateway, self.fs, "org.apache.hadoop.fs.LocalFileSystem")
+        self._alias_fs: Any = self.fs.getRawFileSystem() if checksummed else self.fs
+
+    def path(self, location: str) -> Any:
+        return self._hadoop.Path(location)
+
+    def is_java(self, error: Py4JJavaError, class_name: str) -> bool:
+        return bool(is_instance_of(self._gateway, error.java_exception, class_name))
+
+    def list_dir(self, location: str) -> list[tuple[str, bool]]:
+        """(name, is_directory) of each child; empty when ``location`` does not exist."""
+        try:
+            statuses = self.fs.listStatus(self.path(location))
+        except Py4JJavaError as error:
+            if self.is_java(error, "java.io.FileNotFoundException"):
+                return []
+            raise
+        return [(str(s.getPath().getName()), bool(s.isDirectory())) for s in statuses]
+
+    def exists(self, location: str) -> bool:
+        return bool(self.fs.exists(self.path(location)))
+
+    def delete(self, location: str) -> None:
+        self.fs.delete(self.path(location), True)
+
+    def read_text(self, location: str, alias: bool = False) -> str | None:
+        """The file's text, or None when it does not exist."""
+        fs = self._alias_fs if alias else self.fs
+        try:
+            stream = fs.open(self.path(location))
+        except Py4JJavaError as error:
+            if self.is_java(error, "java.io.FileNotFoundException"):
+                return None
+            raise
+        try:
+            return bytes(stream.readAllBytes()).decode("utf-8")
+        finally:
+            stream.close()
+
+    def write_text(self, location: str, text: str, alias: bool = False) -> None:
+        fs = self._alias_fs if alias else self.fs
+        stream = fs.create(self.path(location), True)
+        stream.write(bytearray(text.encode("utf-8")))
+        stream.close()
+
+    def copy_in(self, source: str, target: str) -> None:
+        """Copy a directory tree from any file system (``file:`` URIs for local ones)."""
+        source_path = self.path(source)
+        self._hadoop.FileUtil.copy(
+            source_path.getFileSystem(self._conf),
+            source_path,
+            self.fs,
+            self.path(target),
+            False,
+            self._conf,
+        )
+
+    def _file_context(self) -> Any | None:
+        try:
+            return self._hadoop.FileContext.getFileContext(self.fs.getUri(), self._conf)
+        except Py4JJavaError as error:
+            if self.is_java(error, "org.apache.hadoop.fs.UnsupportedFileSystemException"):
+                return None
+            raise
+
+    def _rename_options(self, overwrite: bool) -> Any:
+        rename = getattr(self._hadoop, "Options$Rename")
+        options = self._gateway.new_array(rename, 1)
+        options[0] = rename.OVERWRITE if overwrite else rename.NONE
+        return options
+
+    def rename_new(self, source: str, target: str) -> bool:
+        """Rename to a target that must not exist; False when it does (nothing moved)."""
+        src, dst = (
+            self.fs.makeQualified(self.path(source)),
+            self.fs.makeQualified(self.path(target)),
+        )
+        context = self._file_context()
+        try:
+            if context is not None:
+                context.rename(src, dst, self._rename_options(overwrite=False))
+            elif self.fs.exists(dst) or not self.fs.rename(src, dst):
+                return False
+        except Py4JJavaError as error:
+            if self.is_java(error, "org.apache.hadoop.fs.FileAlreadyExistsException"):
+                return False
+            raise
+        # A target created between FileContext's existence check and the local rename
+        # makes Hadoop copy the source *into* it: move it back out and report a clash.
+        nested = self._hadoop.Path(dst, src.getName())
+        if self.fs.exists(nested):
+            self.fs.rename(nested, src)
+            return False
+        return True
+
+    def replace_file(self, location: str, text: str) -> None:
+        """Replace a small file so that readers see the old content or the new, whole."""
+        strategy = _replace_strategy(self.scheme)
+        if strategy == "put":
+            self.write_text(location, text, alias=True)
+            return
+        target = self.path(location)
+        temp = self._hadoop.Path(target.getParent(), f"{TMP_PREFIX}{uuid.uuid4().hex}")
+        fs = self._alias_fs
+        stream = fs.create(temp, False)
+        stream.write(bytearray(text.encode("utf-8")))
+        stream.close()
+        try:
+            context = self._file_context() if strategy == "file_context" else None
+            if strategy == "posix_rename":
+                # RawLocalFileSystem.rename is java.io.File.renameTo: rename(2), which
+                # replaces an existing file atomically.
+                if not fs.rename(temp, target):
+                    raise SparkmlProdError(_refused_rename(temp, target))
+            elif context is not None:
+                context.rename(
+                    fs.makeQualified(temp),
+                    fs.makeQualified(target),
+                    self._rename_options(overwrite=True),
+                )
+            else:
+                fs.delete(target, False)
+                if not fs.rename(temp, target):
+                    raise SparkmlProdError(_refused_rename(temp, target))
+        except BaseException:
+            fs.delete(temp, False)
+            raise
+
+
+def _refused_rename(temp: Any, target: Any) -> str:
+    return (
+        f"Could not move the new alias record '{temp}' to '{target}': the file system "
+        f"refused the rename. Check write access to '{target.getParent()}' and retry."
+    )
+
+
+def _replace_strategy(scheme: str) -> str:
+    """How :meth:`Storage.replace_file` replaces a file on a file system of this scheme."""
+    if scheme in _OBJECT_STORES:
+        return "put"
+    if scheme == "file":
+        return "posix_rename"
+    return "file_context"
+
+
+def normalize_root(root: str) -> str:
+    if "://" in root or root.startswith("file:"):
+        stripped = root.rstrip("/")
+        return root if stripped.endswith(":") else stripped
+    return os.path.abspath(root)

@@ -1,0 +1,1 @@
+"""One end-to-end run each: train, score (what the CLI and the spark-submit jobs call)."""
