@@ -44,7 +44,8 @@ class Storage:
         self.fs: Any = self.path(root).getFileSystem(self._conf)
         self.scheme = str(self.fs.getUri().getScheme())
         # The local file system checksums through hidden .crc side files, which a rename
-        # cannot replace together with the file: alias files skip them.
+        # cannot replace together with the file: alias files skip them, and so do the
+        # listing, hashing and metadata reads of verified loading (the bytes as stored).
         checksummed = is_instance_of(self._gateway, self.fs, "org.apache.hadoop.fs.LocalFileSystem")
         self._alias_fs: Any = self.fs.getRawFileSystem() if checksummed else self.fs
 
@@ -69,6 +70,46 @@ class Storage:
 
     def delete(self, location: str) -> None:
         self.fs.delete(self.path(location), True)
+
+    def walk_files(self, location: str) -> list[tuple[str, int]]:
+        """(POSIX path relative to ``location``, length) of every file below it, sorted.
+
+        Empty when ``location`` does not exist or is a file. Lists through the raw file
+        system, so the local file system's ``.crc`` side files are included; callers that
+        do not want them leave them out.
+        """
+        fs = self._alias_fs
+        root = fs.makeQualified(self.path(location))
+        prefix = str(root).rstrip("/") + "/"
+        found = []
+        try:
+            files = fs.listFiles(root, True)
+            while files.hasNext():
+                status = files.next()
+                name = str(status.getPath())
+                if name.startswith(prefix):
+                    found.append((name[len(prefix) :], int(status.getLen())))
+        except Py4JJavaError as error:
+            if self.is_java(error, "java.io.FileNotFoundException"):
+                return []
+            raise
+        return sorted(found)
+
+    def sha256(self, location: str) -> str:
+        """SHA-256 (hex) of a file's bytes as stored (raw file system, no checksum check).
+
+        Computed in the JVM: the file streams through a small buffer, so a booster of tens
+        of MB is never whole in memory, and no byte of it crosses to Python.
+        """
+        jvm = self._gateway.jvm
+        digest = jvm.java.security.MessageDigest.getInstance("SHA-256")
+        stream = self._alias_fs.open(self.path(location))
+        try:
+            hashing = jvm.java.security.DigestInputStream(stream, digest)
+            hashing.transferTo(jvm.java.io.OutputStream.nullOutputStream())
+        finally:
+            stream.close()
+        return bytes(digest.digest()).hex()
 
     def read_text(self, location: str, alias: bool = False) -> str | None:
         """The file's text, or None when it does not exist."""
