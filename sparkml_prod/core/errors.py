@@ -17,6 +17,7 @@ __all__ = [
     "ClusterCapacityError",
     "ModelNotFoundError",
     "PromotionRefusedError",
+    "ModelIntegrityError",
 ]
 
 
@@ -59,3 +60,8 @@ class ModelNotFoundError(SparkmlProdError, LookupError):
 
 class PromotionRefusedError(SparkmlProdError, RuntimeError):
     """A candidate model that did not beat the current one by the configured margin."""
+
+
+class ModelIntegrityError(SparkmlProdError, RuntimeError):
+    """A saved model whose files differ from those registered, or whose metadata names a
+    class outside the allowlist or carries pickled code; it was not loaded."""
