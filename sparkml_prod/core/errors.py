@@ -11,6 +11,7 @@ __all__ = [
     "ConfigError",
     "SchemaError",
     "TableNotFoundError",
+    "SourceVersionError",
     "EmptyResultError",
     "LeakageError",
     "TrainingDataError",
@@ -35,6 +36,11 @@ class SchemaError(SparkmlProdError, ValueError):
 
 class TableNotFoundError(SparkmlProdError, ValueError):
     """A table named by path or by catalog name does not exist."""
+
+
+class SourceVersionError(SparkmlProdError, ValueError):
+    """A Delta table version that cannot be read exactly: not in the table's log (cleaned
+    up, or newer than the current version), its files vacuumed, or a table without versions."""
 
 
 class EmptyResultError(SparkmlProdError, ValueError):

@@ -98,13 +98,16 @@ def check_time_split(split: TimeSplit, horizon: str) -> None:
             )
 
 
-def labels_complete_until(spark: SparkSession, source: str, timestamp_col: str) -> dt.datetime:
+def labels_complete_until(
+    spark: SparkSession, source: str, timestamp_col: str, source_version: int | None = None
+) -> dt.datetime:
     """The end of the source's complete data: midnight after its last event (UTC).
 
     A daily-loaded event table is complete up to the end of the day of its last event;
-    a label window must end at or before this instant.
+    a label window must end at or before this instant. ``source_version``: the Delta
+    version of the source to read (time travel), the latest when None.
     """
-    events = read_table(spark, source, required={timestamp_col: TIMESTAMP_TYPES})
+    events = read_table(spark, source, {timestamp_col: TIMESTAMP_TYPES}, source_version)
     last = events.agg(F.max(micros(timestamp_col))).head()
     if last is None or last[0] is None:
         raise TrainingDataError(f"Source '{source}' has no events: no label can be computed.")
@@ -140,8 +143,11 @@ def add_labels(
     as_of_col: str = "as_of",
     source_entity_col: str | None = None,
     timestamp_col: str = "event_time",
+    source_version: int | None = None,
 ) -> DataFrame:
     """The spine with a label column: what happens in ``[as_of, as_of + horizon)``.
+
+    With ``source_version`` the source is read at that Delta version (time travel).
 
     Examples
     --------
@@ -161,7 +167,7 @@ def add_labels(
     if value_col is not None and kind == "sum":
         required[value_col] = NUMERIC
     spark = spine.sparkSession
-    events = read_table(spark, source, required=required)  # type: ignore[arg-type]
+    events = read_table(spark, source, required, source_version)  # type: ignore[arg-type]
     if event_filter:
         check_filters(events, {"label": event_filter}, source, "add_labels")
     lowest, highest = spine_time_range(spine, as_of_col)

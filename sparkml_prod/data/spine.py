@@ -59,10 +59,12 @@ def active_entity_spine(
     entity_col: str = "user_id",
     timestamp_col: str = "event_time",
     as_of_col: str = "as_of",
+    source_version: int | None = None,
 ) -> DataFrame:
     """Every entity with an event in ``[as_of - lookback, as_of)``, for each as-of.
 
     Returns columns ``(entity_col, as_of_col TIMESTAMP)``, one row per active pair.
+    With ``source_version`` the source is read at that Delta version (time travel).
 
     Examples
     --------
@@ -73,8 +75,8 @@ def active_entity_spine(
     if not instants:
         raise ValueError("active_entity_spine needs at least one as-of date.")
     window = parse_window(lookback, owner="active_entity_spine", param="lookback")
-    events = read_table(spark, source, required={timestamp_col: TIMESTAMP_TYPES})
-    read_table(spark, source, required={entity_col: ()})
+    events = read_table(spark, source, {timestamp_col: TIMESTAMP_TYPES}, source_version)
+    read_table(spark, source, {entity_col: ()}, source_version)
     first = int(instants[0].replace(tzinfo=dt.timezone.utc).timestamp() * 1_000_000)
     last = int(instants[-1].replace(tzinfo=dt.timezone.utc).timestamp() * 1_000_000)
     events = prune_to(events, timestamp_col, first - window, last).where(

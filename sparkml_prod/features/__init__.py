@@ -8,6 +8,7 @@ added, one output row per input row. Window ``w`` at as-of ``t`` covers
 from sparkml_prod.features.aggregates import AGGREGATIONS, WindowAggregates
 from sparkml_prod.features.categorical import INDEX_SUFFIX, categorical_indexer
 from sparkml_prod.features.lookup import PointInTimeLookup
+from sparkml_prod.features.pinning import pin_source_versions
 from sparkml_prod.features.recency import Recency
 from sparkml_prod.features.spec import build_feature_stages, load_feature_spec
 
@@ -20,4 +21,5 @@ __all__ = [
     "build_feature_stages",
     "categorical_indexer",
     "load_feature_spec",
+    "pin_source_versions",
 ]

@@ -192,6 +192,7 @@ class WindowAggregates(
         sourceEntityCol: str | None = None,
         timestampCol: str = "event_time",
         outputPrefix: str = "",
+        sourceVersion: int | None = None,
     ) -> None:
         super().__init__()
         self._setDefault(windows=["7d", "30d", "90d"], aggregations=[{"agg": "count"}])
@@ -283,7 +284,13 @@ class WindowAggregates(
         other = {s["column"]: () for s in specs if s["column"] and s["column"] not in typed}
         other.update({s["by"]: () for s in specs if s["by"]})
         source = read_source(
-            spine.sparkSession, ref, source_entity, timestamp, {**other, **typed}, owner
+            spine.sparkSession,
+            ref,
+            source_entity,
+            timestamp,
+            {**other, **typed},
+            owner,
+            version=self.getSourceVersion(),
         )
         check_filters(source, filters, ref, owner)
 

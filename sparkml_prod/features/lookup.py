@@ -78,6 +78,7 @@ class PointInTimeLookup(
         sourceEntityCol: str | None = None,
         timestampCol: str = "valid_from",
         outputPrefix: str = "",
+        sourceVersion: int | None = None,
     ) -> None:
         super().__init__()
         self._setDefault(timestampCol="valid_from")
@@ -108,7 +109,13 @@ class PointInTimeLookup(
         check_spine(spine, entity, as_of, owner)
         check_outputs_are_new(spine, self.outputColumns(), owner)
         source = read_source(
-            spine.sparkSession, ref, source_entity, valid_from, {c: () for c in attributes}, owner
+            spine.sparkSession,
+            ref,
+            source_entity,
+            valid_from,
+            {c: () for c in attributes},
+            owner,
+            version=self.getSourceVersion(),
         )
         source = exclude_null_keys(source, source_entity, valid_from, ref, owner)
         state = F.struct(*[F.col(c).alias(c) for c in attributes])

@@ -2,7 +2,9 @@
 
 Every stage reads its events from a *source*: a table reference (see
 :mod:`sparkml_prod.core.tables`) kept as a plain string Param, so it saves with the model and a
-scoring job can point it at the production table with ``setSourceTable``.
+scoring job can point it at the production table with ``setSourceTable``. ``sourceVersion``
+pins the Delta version it reads (time travel), so a training matrix can be rebuilt exactly;
+unset (or -1) it reads the latest version.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from pyspark.ml.param import Param, Params, TypeConverters
@@ -46,6 +49,20 @@ def to_filters(value: Any) -> dict[str, str]:
             f"Got {value!r} instead."
         )
     return dict(value)
+
+
+def to_source_version(value: Any, owner: str = "the stage") -> int:
+    """Type converter of ``sourceVersion``: a Delta version >= 0, or -1 for the latest."""
+    try:
+        version: int | None = TypeConverters.toInt(value)
+    except TypeError:  # not an integer (a bool, a string, 1.5)
+        version = None
+    if version is None or version < -1:
+        raise ValueError(
+            f"The 'sourceVersion' parameter of {owner} must be a Delta table version >= 0 "
+            f"(or -1 for the latest version). Got {value!r} instead."
+        )
+    return version
 
 
 class HasSpineKeys(Params):
@@ -96,10 +113,18 @@ class HasSource(Params):
     timestampCol: Param[str] = Param(
         Params._dummy(), "timestampCol", "event time column of the source", TypeConverters.toString
     )
+    sourceVersion: Param[int] = Param(
+        Params._dummy(),
+        "sourceVersion",
+        "Delta version of the source to read (time travel); unset or -1: the latest version",
+        to_source_version,
+    )
 
     def __init__(self) -> None:
         super().__init__()
         self._setDefault(timestampCol="event_time")
+        # This instance's own copy of the Param: its converter names the stage it is of.
+        self.sourceVersion.typeConverter = partial(to_source_version, owner=type(self).__name__)
 
     def getSourceTable(self) -> str:
         return self.getOrDefault(self.sourceTable)
@@ -120,6 +145,20 @@ class HasSource(Params):
 
     def setTimestampCol(self, value: str) -> Any:
         return self._set(timestampCol=value)
+
+    def getSourceVersion(self) -> int | None:
+        """The pinned Delta version of the source, or None to read the latest version."""
+        if not self.isDefined(self.sourceVersion):
+            return None
+        version = self.getOrDefault(self.sourceVersion)
+        return None if version == -1 else version
+
+    def setSourceVersion(self, value: int | None) -> Any:
+        """Pin the source to a Delta version; None (or -1) reads the latest version again."""
+        if value is None:
+            self.clear(self.sourceVersion)
+            return self
+        return self._set(sourceVersion=value)
 
 
 class HasFilters(Params):
@@ -187,10 +226,12 @@ def read_source(
     timestamp: str,
     other: Mapping[str, Any],
     owner: str,
+    version: int | None = None,
 ) -> DataFrame:
-    """The source with its columns checked: entity present, timestamp a time type, others."""
+    """The source (at ``version``, if given) with its columns checked: entity present,
+    timestamp a time type, others. Only the schema and the Delta log are read."""
     required: dict[str, Any] = {timestamp: TIMESTAMP_TYPES, **other}
-    source = read_table(spark, ref, required=required)
+    source = read_table(spark, ref, required=required, version=version)
     if entity not in source.columns:
         require_columns(source, {entity: ()}, table=ref)
     return source

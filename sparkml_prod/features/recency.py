@@ -93,6 +93,7 @@ class Recency(
         sourceEntityCol: str | None = None,
         timestampCol: str = "event_time",
         outputPrefix: str = "",
+        sourceVersion: int | None = None,
     ) -> None:
         super().__init__()
         self._setDefault(lookback="")
@@ -123,7 +124,8 @@ class Recency(
         source_entity, timestamp = self.getSourceEntityCol(), self.getTimestampCol()
         check_spine(spine, entity, as_of, owner)
         check_outputs_are_new(spine, self.outputColumns(), owner)
-        source = read_source(spine.sparkSession, ref, source_entity, timestamp, {}, owner)
+        version = self.getSourceVersion()
+        source = read_source(spine.sparkSession, ref, source_entity, timestamp, {}, owner, version)
         check_filters(source, self.getFilters(), ref, owner)
         lookback = (
             parse_window(self.getLookback(), "Recency", "lookback") if self.getLookback() else None
