@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 from chispa import assert_df_equality
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from sparkml_prod.core.errors import LeakageError, TrainingDataError
 from sparkml_prod.data.labels import (
@@ -40,16 +40,26 @@ SPINE_SCHEMA = "user_id long, as_of timestamp"
 SPINE = [(1, AS_OF), (2, AS_OF), (3, AS_OF), (4, AS_OF), (1, T(2024, 3, 31)), (None, AS_OF)]
 
 
+def frame(spark: SparkSession, rows: list[tuple], schema: str) -> DataFrame:
+    """The rows as a DataFrame, naive datetimes read as UTC (pyspark would read them in TZ)."""
+
+    def utc(value: object) -> object:
+        return value.replace(tzinfo=dt.timezone.utc) if isinstance(value, dt.datetime) else value
+
+    return spark.createDataFrame([tuple(map(utc, row)) for row in rows], schema)
+
+
 @pytest.fixture()
 def events(spark: SparkSession) -> str:
-    spark.createDataFrame(EVENTS, EVENTS_SCHEMA).createOrReplaceTempView("label_events")
+    frame(spark, EVENTS, EVENTS_SCHEMA).createOrReplaceTempView("label_events")
     return "label_events"
 
 
 def test_binary_label_at_the_horizon_boundaries(spark: SparkSession, events: str) -> None:
-    spine = spark.createDataFrame(SPINE, SPINE_SCHEMA)
+    spine = frame(spark, SPINE, SPINE_SCHEMA)
     out = add_labels(spine, events, horizon="30d", event_filter="event_type = 'purchase'")
-    expected = spark.createDataFrame(
+    expected = frame(
+        spark,
         [
             (1, AS_OF, 1.0),
             (2, AS_OF, 0.0),
@@ -64,14 +74,15 @@ def test_binary_label_at_the_horizon_boundaries(spark: SparkSession, events: str
 
 
 def test_count_and_sum_labels(spark: SparkSession, events: str) -> None:
-    spine = spark.createDataFrame(SPINE[:4], SPINE_SCHEMA)
+    spine = frame(spark, SPINE[:4], SPINE_SCHEMA)
     purchases = "event_type = 'purchase'"
     counted = add_labels(spine, events, horizon="30d", event_filter=purchases, kind="count")
     summed = add_labels(
         spine, events, horizon="30d", event_filter=purchases, kind="sum", value_col="amount"
     ).withColumnRenamed("label", "spent")
     out = counted.join(summed, ["user_id", "as_of"])
-    expected = spark.createDataFrame(
+    expected = frame(
+        spark,
         [(1, AS_OF, 2.0, 15.0), (2, AS_OF, 0.0, 0.0), (3, AS_OF, 2.0, 14.0), (4, AS_OF, 0.0, 0.0)],
         "user_id long, as_of timestamp, label double, spent double",
     )

@@ -27,7 +27,8 @@ class SparkmlProdError(Exception):
 
 
 class ConfigError(SparkmlProdError, ValueError):
-    """A job config file is missing, malformed, or has an unknown, missing or mistyped key."""
+    """A job config file is missing, malformed, or has an unknown, missing or mistyped key;
+    or a Spark setting the library cannot work with (a non-UTC session time zone)."""
 
 
 class SchemaError(SparkmlProdError, ValueError):

@@ -33,6 +33,7 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
 from sparkml_prod.core.errors import SchemaError, SourceVersionError, TableNotFoundError
+from sparkml_prod.core.time import to_utc
 
 __all__ = [
     "is_path",
@@ -183,11 +184,21 @@ def write_table(
 
 
 def sql_literal(value: object) -> str:
-    """A Spark SQL literal for a partition value (strings quoted, dates typed)."""
+    """A Spark SQL literal for a partition value (strings quoted, dates typed).
+
+    A datetime is written as its UTC instant with an explicit ``+00:00`` (a naive one is
+    read as UTC), so neither ``TZ`` nor the session time zone can move it; a date is a
+    ``DATE`` literal, which has no zone.
+
+    Examples
+    --------
+    >>> sql_literal(dt.datetime(2024, 6, 1))
+    "TIMESTAMP'2024-06-01 00:00:00+00:00'"
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dt.datetime):
-        return f"TIMESTAMP'{value.isoformat(sep=' ')}'"
+        return f"TIMESTAMP'{to_utc(value).isoformat(sep=' ')}'"
     if isinstance(value, dt.date):
         return f"DATE'{value.isoformat()}'"
     if isinstance(value, (int, float)):

@@ -12,6 +12,10 @@ it). ``kind`` is
 A split is by time, never by random rows: training, validation and test snapshots are
 as-of dates. :func:`check_time_split` refuses a split where a training label window
 reaches the validation or test period, or a validation label window the test period.
+
+Instants follow the library's UTC rule (:mod:`sparkml_prod.core.time`): as-of values
+given here may be dates (midnight UTC), naive datetimes (UTC) or aware ones; those
+returned are naive UTC datetimes. Label windows are compared in epoch microseconds.
 """
 
 from __future__ import annotations
@@ -25,7 +29,16 @@ from pyspark.sql import functions as F
 
 from sparkml_prod.core.errors import LeakageError, TrainingDataError
 from sparkml_prod.core.tables import NUMERIC, read_table, require_columns
-from sparkml_prod.core.time import TIMESTAMP_TYPES, micros, parse_window, prune_to, spine_time_range
+from sparkml_prod.core.time import (
+    TIMESTAMP_TYPES,
+    from_micros,
+    micros,
+    naive_utc,
+    parse_window,
+    prune_to,
+    require_utc_session,
+    spine_time_range,
+)
 from sparkml_prod.features.params import check_filters, exclude_null_keys
 
 __all__ = [
@@ -47,11 +60,19 @@ def _show(value: dt.datetime) -> str:
 
 @dataclass(frozen=True)
 class TimeSplit:
-    """Training, validation and test as-of instants (each sorted, UTC)."""
+    """Training, validation and test as-of instants (each sorted, UTC).
+
+    Values are kept as naive UTC datetimes (a date or an aware datetime given here is
+    converted), so the periods compare with each other whatever was given.
+    """
 
     train: tuple[dt.datetime, ...]
     validation: tuple[dt.datetime, ...]
     test: tuple[dt.datetime, ...]
+
+    def __post_init__(self) -> None:
+        for name in ("train", "validation", "test"):
+            object.__setattr__(self, name, tuple(naive_utc(t) for t in getattr(self, name)))
 
     def all(self) -> list[dt.datetime]:
         return sorted({*self.train, *self.validation, *self.test})
@@ -101,26 +122,31 @@ def check_time_split(split: TimeSplit, horizon: str) -> None:
 def labels_complete_until(
     spark: SparkSession, source: str, timestamp_col: str, source_version: int | None = None
 ) -> dt.datetime:
-    """The end of the source's complete data: midnight after its last event (UTC).
+    """The end of the source's complete data: midnight UTC after its last event.
 
-    A daily-loaded event table is complete up to the end of the day of its last event;
-    a label window must end at or before this instant. ``source_version``: the Delta
-    version of the source to read (time travel), the latest when None.
+    A daily-loaded event table is complete up to the end of the (UTC) day of its last
+    event; a label window must end at or before this instant. Returned as a naive UTC
+    datetime, computed from epoch microseconds (no OS zone). ``source_version``: the
+    Delta version of the source to read (time travel), the latest when None.
     """
     events = read_table(spark, source, {timestamp_col: TIMESTAMP_TYPES}, source_version)
     last = events.agg(F.max(micros(timestamp_col))).head()
     if last is None or last[0] is None:
         raise TrainingDataError(f"Source '{source}' has no events: no label can be computed.")
     day_end = (last[0] // MICROS_PER_DAY + 1) * MICROS_PER_DAY
-    return dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=day_end)
+    return from_micros(day_end)
 
 
 def check_labels_complete(
-    as_of_dates: Sequence[dt.datetime], horizon: str, complete_until: dt.datetime, source: str
+    as_of_dates: Sequence[dt.date], horizon: str, complete_until: dt.date, source: str
 ) -> None:
-    """Refuse as-of dates whose label window ends after the data does."""
+    """Refuse as-of dates whose label window ends after the data does.
+
+    Dates, naive (UTC) and aware datetimes are accepted and compared as UTC instants.
+    """
     h = dt.timedelta(microseconds=parse_window(horizon, owner="labels", param="horizon"))
-    late = [a for a in as_of_dates if a + h > complete_until]
+    complete_until = naive_utc(complete_until)
+    late = [a for a in map(naive_utc, as_of_dates) if a + h > complete_until]
     if late:
         raise TrainingDataError(
             f"Labels of as-of {', '.join(_show(a) for a in late)} are not complete yet: "
@@ -162,6 +188,7 @@ def add_labels(
         raise ValueError(f"The spine already has a column '{label_col}'; choose another label_col.")
     source_entity = source_entity_col or entity_col
     window = parse_window(horizon, owner="add_labels", param="horizon")
+    require_utc_session(spine.sparkSession, "add_labels")
     require_columns(spine, {entity_col: (), as_of_col: TIMESTAMP_TYPES}, table="spine")
     required: dict[str, object] = {timestamp_col: TIMESTAMP_TYPES, source_entity: ()}
     if value_col is not None and kind == "sum":

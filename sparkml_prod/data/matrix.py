@@ -23,6 +23,7 @@ from sparkml_prod.core.tables import (
     table_path,
     write_table,
 )
+from sparkml_prod.core.time import instant_in, require_utc_session
 from sparkml_prod.data.labels import add_labels
 from sparkml_prod.data.spine import active_entity_spine
 from sparkml_prod.features import load_feature_spec
@@ -51,6 +52,7 @@ def build_feature_matrix(spark: SparkSession, config: FeaturesConfig) -> tuple[i
     The output replaces the table in one Delta commit: a failed run leaves the previous
     matrix readable.
     """
+    require_utc_session(spark, "build_feature_matrix")
     stages = load_feature_spec(config.feature_spec, sources=config.sources)
     spine_source = config.sources.get(config.spine.source, config.spine.source)
     spine = active_entity_spine(
@@ -136,7 +138,7 @@ def labelled_spine(
     )
     split = F.lit(None).cast("string")
     for name, dates in dates_by_split.items():
-        split = F.when(F.col("as_of").isin(list(dates)), F.lit(name)).otherwise(split)
+        split = F.when(instant_in("as_of", dates), F.lit(name)).otherwise(split)
     return labelled.withColumn(SPLIT_COL, split)
 
 

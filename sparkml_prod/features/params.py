@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 
 from sparkml_prod.core.errors import SchemaError
 from sparkml_prod.core.tables import read_table, require_columns
-from sparkml_prod.core.time import TIMESTAMP_TYPES, micros
+from sparkml_prod.core.time import TIMESTAMP_TYPES, micros, require_utc_session
 
 log = logging.getLogger("sparkml_prod.features")
 
@@ -204,7 +204,9 @@ def require_source_param(stage: Params) -> str:
 
 
 def check_spine(spine: DataFrame, entity: str, as_of: str, owner: str) -> None:
-    """The spine must have the entity column and a timestamp or date as-of column."""
+    """The spine must have the entity column and a timestamp or date as-of column, and
+    its session a UTC time zone (a date as-of is midnight UTC)."""
+    require_utc_session(spine.sparkSession, owner)
     require_columns(spine, {as_of: TIMESTAMP_TYPES}, table=f"spine of {owner}")
     if entity not in spine.columns:
         require_columns(spine, {entity: ()}, table=f"spine of {owner}")

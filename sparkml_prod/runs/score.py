@@ -45,6 +45,7 @@ from pyspark.sql import functions as F
 from sparkml_prod.core.config import ScoreConfig
 from sparkml_prod.core.errors import ConfigError, EmptyResultError, SchemaError
 from sparkml_prod.core.tables import overwrite_partition, read_table, schema_of
+from sparkml_prod.core.time import naive_utc, require_utc_session, timestamp_lit, utc_now
 from sparkml_prod.data.spine import active_entity_spine
 from sparkml_prod.registry import ModelRegistry, ModelVersion
 
@@ -171,7 +172,7 @@ def scoring_spine(
             users.select(entity)
             .where(F.col(entity).isNotNull())
             .distinct()
-            .withColumn("as_of", F.lit(as_of).cast("timestamp"))
+            .withColumn("as_of", timestamp_lit(as_of))
         )
     trained_sources = model.version.metadata.get("config", {}).get("sources", {})
     source = config.spine.source or meta.get("source")
@@ -233,7 +234,8 @@ def _write(scored: DataFrame, table: str, as_of: dt.date, allow_empty: bool) -> 
 def run_scoring(spark: SparkSession, config: ScoreConfig, as_of: dt.date) -> ScoringRun:
     """Score every user of the spine at ``as_of`` and write the partition (module docs)."""
     started = time.perf_counter()
-    instant = dt.datetime(as_of.year, as_of.month, as_of.day)
+    require_utc_session(spark, "run_scoring")
+    instant = naive_utc(as_of)  # midnight UTC
     registry = ModelRegistry(spark, config.registry_root)
     champion = load_model(registry, config.model, config.sources)
     challenger = (
@@ -255,7 +257,7 @@ def run_scoring(spark: SparkSession, config: ScoreConfig, as_of: dt.date) -> Sco
     entity = champion.version.metadata.get("spine", {}).get("entity_col", "user_id")
     run_id = uuid.uuid4().hex
     meta = {
-        "scored_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
+        "scored_at": timestamp_lit(utc_now()),  # never F.lit(datetime): read in TZ
         "run_id": run_id,
     }
     if challenger is None or config.challenger is None:

@@ -27,7 +27,13 @@ from pyspark.sql import functions as F
 from sparkml_prod._version import __version__
 from sparkml_prod.core.config import Schedule, SplitConfig, TrainConfig
 from sparkml_prod.core.errors import ConfigError
-from sparkml_prod.core.time import parse_window
+from sparkml_prod.core.time import (
+    instant_in,
+    naive_utc,
+    parse_window,
+    require_utc_session,
+    timestamp_lit,
+)
 from sparkml_prod.data.labels import (
     TimeSplit,
     check_labels_complete,
@@ -148,11 +154,11 @@ def run_backtest(
                 "latest validates); add earlier training dates or drop this fold."
             )
         role = (
-            F.when(F.col("as_of") == F.lit(test_date), "test")
-            .when(F.col("as_of") == F.lit(validation), "validation")
+            F.when(F.col("as_of") == timestamp_lit(test_date), "test")
+            .when(F.col("as_of") == timestamp_lit(validation), "validation")
             .otherwise("train")
         )
-        fold = matrix.where(F.col("as_of").isin([*train, validation, test_date])).withColumn(
+        fold = matrix.where(instant_in("as_of", [*train, validation, test_date])).withColumn(
             SPLIT_COL, role
         )
         fitted = fit_candidate(fold, config.model, features, params)
@@ -240,12 +246,13 @@ def run_training(spark: SparkSession, config: TrainConfig) -> TrainingRun:
     timings: dict[str, float] = {}
     started = time.perf_counter()
     _check_config(config)
+    require_utc_session(spark, "run_training")
     split = resolve_split(config.split)
     check_time_split(split, config.label.horizon)
     dates = _dates_by_split(split, config.backtest.test)
     label_source = config.sources.get(config.label.source, config.label.source)
     complete_until = (
-        dt.datetime.combine(config.label.complete_until, dt.time())
+        naive_utc(config.label.complete_until)
         if config.label.complete_until
         else labels_complete_until(spark, label_source, config.label.timestamp_col)
     )
