@@ -16,20 +16,33 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["sparkml_prod", "sparkml_prod.*"]),
     package_data={"sparkml_prod": ["py.typed"]},
-    # Ranges here; the exact set every machine and CI installs is in constraints.txt.
+    # Compatible ranges here (a cluster brings its own pyspark); the exact set every
+    # machine and CI installs and tests is pinned in constraints.txt.
     install_requires=[
-        "pyspark==4.2.0",
-        # The 4.4.0 jars are the newest Delta build for Spark 4.2 served on Maven
-        # Central; the pip package must match the jars it asks Ivy for.
-        "delta-spark==4.4.0",
-        "xgboost-cpu>=3.2,<3.3",
+        "pyspark>=4.0,<5",
+        # The pip package must match the Delta jars the session asks for
+        # (io.delta:delta-spark_<spark>_2.13:<version>): keep both on one line.
+        "delta-spark>=4.0,<5",
         "pandas>=2.2,<3",
         "pyarrow>=15",
         "pyyaml>=6",
         "matplotlib>=3.8",
     ],
+    # XGBoost comes in two builds with one import name: the CPU-only wheel, or the full
+    # one with CUDA for GPU clusters. Install exactly one of them.
     extras_require={
-        "dev": ["pytest", "chispa", "ruff", "mypy", "scikit-learn", "duckdb", "types-PyYAML"],
+        "cpu": ["xgboost-cpu>=3.2,<4"],
+        "gpu": ["xgboost>=3.2,<4"],
+        "dev": [
+            "xgboost-cpu>=3.2,<4",
+            "pytest",
+            "chispa",
+            "ruff",
+            "mypy",
+            "scikit-learn",
+            "duckdb",
+            "types-PyYAML",
+        ],
     },
     entry_points={"console_scripts": ["sparkml-prod=sparkml_prod.cli:main"]},
 )
