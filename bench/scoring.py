@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     registry = ModelRegistry(spark, args.registry)
     version = registry.get(args.model)
-    trained = version.metadata["config"]["sources"]
+    trained = version.card.training_config["sources"]
     sources = {trained[name]: tables[name] for name in ("events", "user_attributes")}
     config = ScoreConfig(
         model=args.model,
@@ -108,17 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     from sparkml_prod.runs.score import load_model, scoring_spine
 
     loaded = load_model(registry, args.model, sources)
-    n_features = len(version.metadata["feature_names"])
+    n_features = len(version.card.feature_names)
     stages = loaded.pipeline.stages
-    feature_stages, model_stages = stages[:-3], stages[-3:]
+    count = version.card.feature_stage_count
+    feature_stages, model_stages = stages[:count], stages[count:]
     instant = dt.datetime(AS_OF.year, AS_OF.month, AS_OF.day)
-    spine = scoring_spine(spark, loaded, config, instant)
+    spine = scoring_spine(spark, loaded, config, instant, sources)
     matrix_path = str(data / "matrix")
     PipelineModel(stages=feature_stages).transform(spine).write.mode("overwrite").parquet(
         matrix_path
     )
     matrix = spark.read.parquet(matrix_path)
-    names = version.metadata["feature_names"]
+    names = version.card.feature_names
 
     def model_only() -> None:
         out = PipelineModel(stages=model_stages).transform(matrix)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -17,6 +18,7 @@ from sparkml_prod.core.config import (
     TrainConfig,
     load_config,
 )
+from sparkml_prod.core.errors import ConfigError, SparkmlProdError
 
 __all__ = ["main", "generate_tables"]
 
@@ -145,31 +147,40 @@ def _models(args: argparse.Namespace) -> int:
     from sparkml_prod.registry import ModelRegistry, format_versions
 
     spark = get_spark("sparkml-prod-models")
-    registry = ModelRegistry(spark, args.registry)
+    registry = ModelRegistry(spark, args.registry, args.allow_class or ())
     if args.action == "list":
         names = [args.name] if args.name else registry.names()
         for name in names:
             print(f"== {name}")
             print(format_versions(registry.versions(name), registry.aliases(name)))
         return 0
+    if args.name is None:
+        raise ConfigError(f"models {args.action} needs a model: NAME, NAME/VERSION or NAME@ALIAS.")
     if args.action == "show":
         version = registry.get(args.name)
-        print(json.dumps({"path": version.path, **version.metadata}, indent=2, default=str))
+        print(json.dumps({"path": version.path, **dataclasses.asdict(version.card)}, indent=2))
+        return 0
+    if args.action == "rebuild":
+        from sparkml_prod.runs.rebuild import rebuild_matrix
+
+        result = rebuild_matrix(spark, registry, args.name, output_table=args.output_table)
+        where = f" into {result.output_table}" if result.output_table else ""
+        print(
+            f"rebuilt the training matrix of {result.model}{where}: {result.rows:,} rows, "
+            f"content hash {result.content_hash[:16]}, equal to the recorded one "
+            f"({result.seconds:.1f}s)"
+        )
         return 0
     if args.version is None:
-        raise SystemExit("models promote needs --version N")
+        raise ConfigError("models promote needs --version N.")
     gate = None
     if args.config:
-        from pyspark.sql import functions as F
+        from sparkml_prod.runs.promotion import comparison_gate, labelled_test_snapshot
+        from sparkml_prod.runs.train import absolute_tables
 
-        from sparkml_prod.data.matrix import SPLIT_COL, labelled_spine
-        from sparkml_prod.runs.train import comparison_gate, resolve_split
-
-        config = load_config(args.config, TrainConfig)
-        test = {"test": list(resolve_split(config.split).test)}
-        labelled = labelled_spine(spark, config, test).where(F.col(SPLIT_COL) == "test")
-        labelled = labelled.select(config.spine.entity_col, "as_of", "label").cache()
-        gate = comparison_gate(spark, labelled, None, config.search.metric, args.margin)
+        config = absolute_tables(load_config(args.config, TrainConfig))
+        labelled = labelled_test_snapshot(registry, config)
+        gate = comparison_gate(registry, labelled, None, config.search.metric, args.margin)
     promoted = registry.promote(args.name, args.version, args.alias, gate=gate)
     print(f"{args.alias} -> {promoted.name}/{promoted.version}")
     return 0
@@ -177,29 +188,36 @@ def _models(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparkml-prod", description=__doc__)
+    # Every command takes --debug: a library error then shows its traceback.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error, not only its message"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    generate = commands.add_parser("generate", help="write the synthetic clickstream tables")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], help=help)
+
+    generate = command("generate", help="write the synthetic clickstream tables")
     generate.add_argument("--config", required=True, help="YAML file (see conf/generate.yaml)")
     generate.add_argument("--n-users", type=int, default=None, help="override n_users")
     generate.set_defaults(run=_generate)
-    features = commands.add_parser("features", help="build and write a feature matrix")
+    features = command("features", help="build and write a feature matrix")
     features.add_argument("--config", required=True, help="YAML file (see conf/features_job.yaml)")
     features.set_defaults(run=_features)
-    train = commands.add_parser(
-        "train", help="build the training matrix, train, evaluate, report, register"
-    )
+    train = command("train", help="build the training matrix, train, evaluate, report, register")
     train.add_argument("--config", required=True, help="YAML file (see conf/train.yaml)")
     train.set_defaults(run=_train)
-    score = commands.add_parser("score", help="score every user at an as-of date into Delta")
+    score = command("score", help="score every user at an as-of date into Delta")
     score.add_argument("--config", required=True, help="YAML file (see conf/score.yaml)")
     score.add_argument(
         "--as-of", type=_as_of, default=None, help="YYYY-MM-DD (default: today, UTC)"
     )
     score.add_argument("--show", type=int, default=0, help="print this many output rows")
     score.set_defaults(run=_score)
-    models = commands.add_parser("models", help="list, show or promote registered models")
-    models.add_argument("action", choices=["list", "show", "promote"])
-    models.add_argument("name", nargs="?", help="model name (show: name, name/3 or name@alias)")
+    models = command("models", help="list, show, promote or rebuild registered models")
+    models.add_argument("action", choices=["list", "show", "promote", "rebuild"])
+    models.add_argument("name", nargs="?", help="model: name, name/3 or name@alias")
     models.add_argument("--registry", required=True, help="registry root (registry_root)")
     models.add_argument("--version", type=int, help="promote: the version to promote")
     models.add_argument("--alias", default="production", help="promote: alias to move")
@@ -208,18 +226,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="promote: a train config whose test snapshot the candidate must win on",
     )
     models.add_argument("--margin", type=float, default=0.0, help="promote: required margin")
+    models.add_argument(
+        "--output-table", help="rebuild: also write the rebuilt matrix to this table"
+    )
+    models.add_argument(
+        "--allow-class",
+        action="append",
+        help="a stage class (or package prefix ending in '.') that may load; repeatable",
+    )
     models.set_defaults(run=_models)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; an error of the library prints one line and exits with its code.
+
+    Exit codes: 0 done, 2 a config or usage error, 3 input data (schema, leakage, labels,
+    an empty result, a rebuild that differs), 4 cluster capacity, 5 a refused promotion,
+    6 the model registry (unknown model, a bad card, a tampered model), 1 any other
+    library error. ``--debug`` shows the traceback instead.
+    """
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     # xgboost.spark logs every fit's parameters and feature names at INFO
     logging.getLogger("XGBoost-PySpark").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except SparkmlProdError as error:
+        if args.debug:
+            raise
+        print(f"sparkml-prod {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from cards import make_card
 from pyspark.ml import Pipeline
 from pyspark.ml.feature import SQLTransformer
 from pyspark.sql import SparkSession
@@ -21,7 +22,7 @@ def registry_root(spark: SparkSession, tmp_path: Path) -> str:
     model = Pipeline(stages=[SQLTransformer(statement="SELECT *, x AS score FROM __THIS__")])
     registry = ModelRegistry(spark, root)
     for auc in (0.71, 0.74):
-        registry.register("m", model.fit(frame), {"metrics": {"roc_auc": auc}})
+        registry.register("m", model.fit(frame), make_card(metrics={"roc_auc": auc}))
     registry.set_alias("m", "production", 1)
     return root
 
@@ -49,3 +50,35 @@ def test_a_malformed_as_of_is_refused_before_anything_runs(
         main(["score", "--config", "conf/score.yaml", "--as-of", "2024-13-01"])
     assert exit_info.value.code == 2
     assert "--as-of must be a date YYYY-MM-DD, got '2024-13-01'" in capsys.readouterr().err
+
+
+def test_a_library_error_is_one_line_and_its_exit_code(
+    registry_root: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["models", "show", "m@staging", "--registry", registry_root])
+    assert code == 6
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        f"sparkml-prod models: error: No alias 'staging' of model 'm' in registry "
+        f"'{registry_root}' (ref 'm@staging'). Aliases present: production -> 1. Point it at "
+        "a version with set_alias('m', 'staging', <version>) or promote().\n"
+    )
+    # --debug shows the traceback: the error itself propagates
+    from sparkml_prod.core.errors import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError):
+        main(["models", "show", "m@staging", "--registry", registry_root, "--debug"])
+
+
+def test_a_config_error_exits_2_with_the_key_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "score.yaml"
+    config.write_text("model: m@production\nregistry_root: /r\noutput_table: /o\nshow: 3\n")
+    assert main(["score", "--config", str(config), "--as-of", "2024-06-01"]) == 2
+    assert capsys.readouterr().err == (
+        f"sparkml-prod score: error: {config}: unknown key 'show'; expected one of: "
+        "allow_empty, allowed_stage_classes, challenger, model, output_table, registry_root, "
+        "sources, spine.\n"
+    )

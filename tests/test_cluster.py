@@ -1,7 +1,7 @@
 """Batch scoring end to end: submitted to a real standalone cluster, and killed mid-write.
 
 Both tests share one small but real model (window aggregates and recency over generated
-events, then XGBoost), registered with the metadata training writes, so the scoring job
+events, then XGBoost), registered with a complete model card, so the scoring job
 resolves ``m@production`` exactly as in production.
 """
 
@@ -16,18 +16,19 @@ import sys
 import sysconfig
 import textwrap
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 import yaml
+from cards import make_card
 from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark.ml import Pipeline
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from standalone import log_tail, standalone_cluster, stop_process_groups
+from submit import clean_env, package_zip
 
 from sparkml_prod.core.config import ModelConfig, ScoreConfig, ScoringSpineConfig
 from sparkml_prod.core.tables import read_table, write_table
@@ -103,48 +104,15 @@ def registered(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) ->
 
     registry_root = str(root / "models")
     event_types = {f.name: f.dataType.simpleString() for f in read_table(spark, events).schema}
-    metadata = {
-        "input_schema": {
-            "spine": {"user_id": "bigint", "as_of": "timestamp"},
-            "sources": {events: event_types},
-        },
-        "spine": {
-            "source": "events",
-            "lookback": "30d",
-            "entity_col": "user_id",
-            "timestamp_col": "event_time",
-            "longest_window": "30d",
-        },
-        "config": {"sources": {"events": events}},
-    }
+    card = make_card(events=events, lookback="30d", source_schema=event_types)
     registry = ModelRegistry(spark, registry_root)
-    registry.register("m", model, metadata)
+    registry.register("m", model, card)
     registry.set_alias("m", "production", 1)
     return Registered(events=events, registry_root=registry_root)
 
 
-def package_zip(target: Path) -> Path:
-    """``sparkml_prod`` zipped for ``--py-files``, the same files as ``make dist``."""
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted((ROOT / "sparkml_prod").rglob("*")):
-            name = path.relative_to(ROOT)
-            if path.is_file() and "__pycache__" not in name.parts:
-                archive.write(path, name)
-    return target
-
-
 def scores(spark: SparkSession, table: str) -> DataFrame:
     return read_table(spark, table).select(*COMPARED)
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without Python or Spark settings, plus ``extra``."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key != "PYTHONPATH" and not key.startswith(("SPARK_", "PYSPARK_"))
-    }
-    return {**env, **extra}
 
 
 def parquet_files(table: Path) -> set[Path]:

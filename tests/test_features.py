@@ -13,6 +13,7 @@ import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.sql import DataFrame, SparkSession
+from spark_jobs import no_job_runs
 
 from sparkml_prod.core.errors import ConfigError, SchemaError, TableNotFoundError
 from sparkml_prod.core.tables import write_table
@@ -410,25 +411,12 @@ def test_feature_spec_yaml_builds_the_stages(spark: SparkSession) -> None:
         "WindowAggregates",
         "Recency",
         "PointInTimeLookup",
-        "SQLTransformer",
+        "DerivedColumns",
         "StringIndexer",
     ]
     assert stages[0].getSourceTable() == "/data/events"
     assert stages[2].getSourceTable() == "/data/attrs"
     assert "purchase_count_30d" in stages[0].outputColumns()
-
-
-def no_job_runs(spark: SparkSession, action) -> Exception:
-    """Run ``action``, which must raise; prove no Spark job started before it did."""
-    tracker = spark.sparkContext.statusTracker()
-    spark.sparkContext.setJobGroup("bad-input", "bad input must fail before any job")
-    try:
-        with pytest.raises(Exception) as err:
-            action()
-    finally:
-        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
-    assert tracker.getJobIdsForGroup("bad-input") == []
-    return err.value
 
 
 def test_bad_input_is_named_before_any_job(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -7,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from cards import make_card
 from chispa import assert_df_equality
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.feature import SQLTransformer
@@ -27,7 +29,7 @@ def model(spark: SparkSession) -> PipelineModel:
 def _registry_with(spark: SparkSession, root: Path, model: PipelineModel, n: int) -> ModelRegistry:
     registry = ModelRegistry(spark, str(root))
     for i in range(1, n + 1):
-        registry.register("m", model, {"run": i})
+        registry.register("m", model, make_card(params={"run": i}))
     return registry
 
 
@@ -39,10 +41,10 @@ def test_register_numbers_versions_and_round_trips(
     spark: SparkSession, tmp_path: Path, model: PipelineModel
 ) -> None:
     registry = ModelRegistry(spark, str(tmp_path))
-    meta = {"metrics": {"roc_auc": 0.81}, "features": ["x"], "train": {"rows": 2}}
-    first = registry.register("m", model, meta)
-    registry.register("m", model, {"run": 2})
-    registry.register("m", model, {"run": 3})
+    card = make_card(metrics={"roc_auc": 0.81}, params={"run": 1})
+    first = registry.register("m", model, card)
+    registry.register("m", model, make_card(params={"run": 2}))
+    registry.register("m", model, make_card(params={"run": 3}))
 
     assert first.version == 1
     assert first.path == f"{tmp_path}/m/1"
@@ -51,14 +53,20 @@ def test_register_numbers_versions_and_round_trips(
     assert [v.version for v in registry.versions("m")] == [1, 2, 3]
     assert registry.names() == ["m"]
     assert registry.get("m").version == 3
-    assert registry.get("m").metadata["run"] == 3
+    assert registry.get("m").card.params["run"] == 3
 
-    stored = registry.get("m/1").metadata
-    created_at = dt.datetime.fromisoformat(stored.pop("created_at"))
-    assert created_at.utcoffset() == dt.timedelta(0)
-    assert stored == {**meta, "name": "m", "version": 1}
-    on_disk = json.loads((tmp_path / "m" / "1" / "metadata.json").read_text())
-    assert on_disk == registry.get("m/1").metadata == first.metadata
+    stored = registry.get("m/1").card
+    assert dt.datetime.fromisoformat(stored.created_at).utcoffset() == dt.timedelta(0)
+    saved = tmp_path / "m" / "1" / "model"
+    assert sorted(stored.pipeline_sha256) == sorted(
+        f.relative_to(saved).as_posix()
+        for f in saved.rglob("*")
+        if f.is_file() and not f.name.endswith(".crc")
+    )
+    identity = {"name": "m", "version": 1, "created_at": stored.created_at}
+    assert stored == dataclasses.replace(card, **identity, pipeline_sha256=stored.pipeline_sha256)
+    on_disk = json.loads((tmp_path / "m" / "1" / "card.json").read_text())
+    assert on_disk == dataclasses.asdict(stored) == dataclasses.asdict(first.card)
 
     scored = registry.load("m/1").transform(spark.createDataFrame([(1,), (3,)], "x bigint"))
     expected = spark.createDataFrame([(1, 2), (3, 6)], "x bigint, y bigint")
@@ -76,7 +84,7 @@ def test_register_copies_the_report_directory(
     (report / "plots" / "roc.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     registry = ModelRegistry(spark, str(tmp_path / "models"))
 
-    version = registry.register("m", model, {}, report_dir=str(report))
+    version = registry.register("m", model, make_card(), report_dir=str(report))
 
     copied = tmp_path / "models" / "m" / "1" / "report"
     assert version.report_path == str(copied)
@@ -87,7 +95,7 @@ def test_register_copies_the_report_directory(
 
     missing = tmp_path / "no-report"
     with pytest.raises(FileNotFoundError) as info:
-        registry.register("m", model, {}, report_dir=str(missing))
+        registry.register("m", model, make_card(), report_dir=str(missing))
     assert str(info.value) == (
         f"Report directory '{missing}' of model 'm' does not exist or is not a directory. "
         "Write the report first, or pass report_dir=None."
@@ -101,13 +109,13 @@ def test_register_rejects_bad_names_and_metadata(
     registry = ModelRegistry(spark, str(tmp_path))
     for bad in ["bad name", "-m", ".tmp-x", "a/b", ""]:
         with pytest.raises(ValueError) as info:
-            registry.register(bad, model, {})
+            registry.register(bad, model, make_card())
         assert str(info.value) == (
             f"The model name {bad!r} is not valid: it must start with a letter or digit and "
             "contain only letters, digits, '_', '.' and '-'. Rename it, e.g. 'churn_v2'."
         )
-    with pytest.raises(ValueError, match="The metadata of model 'm' is not JSON-serialisable"):
-        registry.register("m", model, {"when": dt.date(2024, 6, 1)})
+    with pytest.raises(ValueError, match="The model card of model 'm' is not JSON-serialisable"):
+        registry.register("m", model, make_card(params={"when": dt.date(2024, 6, 1)}))
     assert os.listdir(tmp_path) == []
     assert registry.names() == []
 
@@ -132,7 +140,7 @@ def test_aliases_set_move_and_resolve(
     registry.set_alias("m", "challenger", 1)
     assert registry.aliases("m") == {"challenger": 1, "production": 2}
     assert registry.get("m@production").version == 2
-    assert registry.get("m@challenger").metadata["run"] == 1
+    assert registry.get("m@challenger").card.params["run"] == 1
     # Only the alias files: no temp file, no checksum side file left behind.
     assert sorted(os.listdir(tmp_path / "m" / "aliases")) == ["challenger", "production"]
 
@@ -213,7 +221,7 @@ def test_unknown_name_version_alias_and_malformed_refs(
     )
 
     _registry_with(spark, tmp_path, model, 2)
-    registry.register("fraud", model, {})
+    registry.register("fraud", model, make_card())
     registry.set_alias("m", "challenger", 2)
 
     with pytest.raises(ModelNotFoundError) as info:
@@ -301,7 +309,7 @@ def test_leftover_temp_directory_is_ignored(
     (tmp_path / ".tmp-other").mkdir()
 
     assert [v.version for v in registry.versions("m")] == [1]
-    assert registry.register("m", model, {"run": 2}).version == 2
+    assert registry.register("m", model, make_card(params={"run": 2})).version == 2
     assert [v.version for v in registry.versions("m")] == [1, 2]
     assert registry.names() == ["m"]
     # Another writer's temp directory may still be in use: it is left alone.
@@ -320,7 +328,7 @@ def test_failed_register_leaves_no_trace(
 
     monkeypatch.setattr(storage_module.Storage, "copy_in", broken_copy)
     with pytest.raises(OSError, match="disk full"):
-        registry.register("m", model, {}, report_dir=str(report))
+        registry.register("m", model, make_card(), report_dir=str(report))
 
     assert [v.version for v in registry.versions("m")] == [1]
     assert _hidden(tmp_path / "m") == []
@@ -332,17 +340,17 @@ def test_register_takes_the_next_number_after_a_concurrent_register(
     registry = _registry_with(spark, tmp_path, model, 2)
     # A stale listing: another process registered version 2 after this one looked.
     monkeypatch.setattr(registry, "_version_numbers", lambda name: [1])
-    version = registry.register("m", model, {"run": 3})
+    version = registry.register("m", model, make_card(params={"run": 3}))
     monkeypatch.undo()
 
     assert version.version == 3
-    assert registry.get("m").metadata["version"] == 3
-    assert registry.get("m/2").metadata["run"] == 2
+    assert registry.get("m").card.version == 3
+    assert registry.get("m/2").card.params["run"] == 2
     assert [v.version for v in registry.versions("m")] == [1, 2, 3]
     assert _hidden(tmp_path / "m") == []
     assert sorted(os.listdir(tmp_path / "m" / "2")) == [
-        ".metadata.json.crc",
-        "metadata.json",
+        ".card.json.crc",
+        "card.json",
         "model",
     ]
 
@@ -350,7 +358,7 @@ def test_register_takes_the_next_number_after_a_concurrent_register(
 def test_file_uri_root(spark: SparkSession, tmp_path: Path, model: PipelineModel) -> None:
     root = tmp_path.as_uri()
     registry = ModelRegistry(spark, root + "/")
-    version = registry.register("m", model, {"run": 1})
+    version = registry.register("m", model, make_card(params={"run": 1}))
     registry.promote("m", version.version)
 
     assert registry.root == root
@@ -369,21 +377,21 @@ def test_format_versions_table() -> None:
             "churn",
             1,
             "/m/churn/1",
-            {
-                "created_at": "2024-06-01T10:00:00+00:00",
-                "metrics": {"roc_auc": 0.8, "log_loss": 0.41234},
-            },
+            make_card(
+                created_at="2024-06-01T10:00:00+00:00",
+                metrics={"roc_auc": 0.8, "log_loss": 0.41234},
+            ),
         ),
         ModelVersion(
             "churn",
             2,
             "/m/churn/2",
-            {
-                "created_at": "2024-06-02T10:00:00+00:00",
-                "metrics": {"roc_auc": 0.834567, "pr_auc": 0.5, "accuracy": 0.9},
-            },
+            make_card(
+                created_at="2024-06-02T10:00:00+00:00",
+                metrics={"roc_auc": 0.834567, "pr_auc": 0.5, "accuracy": 0.9},
+            ),
         ),
-        ModelVersion("churn", 10, "/m/churn/10", {"created_at": "2024-06-03T10:00:00+00:00"}),
+        ModelVersion("churn", 10, "/m/churn/10", make_card(created_at="2024-06-03T10:00:00+00:00")),
     ]
     table = format_versions(versions, {"production": 1, "shadow": 2, "challenger": 2})
     assert table.splitlines() == [
@@ -393,7 +401,7 @@ def test_format_versions_table() -> None:
         "     10  2024-06-03T10:00:00+00:00  -                         -       -         -",
     ]
     assert format_versions([], {}) == "(no versions)"
-    no_metrics = [ModelVersion("m", 1, "/m/1", {"created_at": "2024-06-01T10:00:00+00:00"})]
+    no_metrics = [ModelVersion("m", 1, "/m/1", make_card(created_at="2024-06-01T10:00:00+00:00"))]
     assert format_versions(no_metrics, {}).splitlines() == [
         "version  created_at                 aliases",
         "      1  2024-06-01T10:00:00+00:00  -",

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cards import make_card
 from chispa import assert_df_equality
 from pyspark.ml import Pipeline
 from pyspark.ml.feature import SQLTransformer
@@ -46,33 +47,13 @@ def setup(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict
     write_table(spark.createDataFrame(EVENTS, EVENTS_SCHEMA), events)
     spine = spark.createDataFrame([(1, T(2024, 3, 1))], "user_id long, as_of timestamp")
     registry = ModelRegistry(spark, str(root / "models"))
-    metadata = {
-        "input_schema": {
-            "spine": {"user_id": "bigint", "as_of": "timestamp"},
-            "sources": {
-                events: {
-                    "user_id": "bigint",
-                    "event_time": "timestamp",
-                    "event_type": "string",
-                    "amount": "double",
-                }
-            },
-        },
-        "spine": {
-            "source": "events",
-            "lookback": "7d",
-            "entity_col": "user_id",
-            "timestamp_col": "event_time",
-            "longest_window": "7d",
-        },
-        "config": {"sources": {"events": events}},
-    }
+    card = make_card(events=events, lookback="7d")
     for sql in (CHAMPION_SQL, CHALLENGER_SQL):
         stages = [
             WindowAggregates(sourceTable=events, windows=["7d"], aggregations=[{"agg": "count"}]),
             SQLTransformer(statement=sql),
         ]
-        registry.register("m", Pipeline(stages=stages).fit(spine), metadata)
+        registry.register("m", Pipeline(stages=stages).fit(spine), card)
     registry.set_alias("m", "production", 1)
     registry.set_alias("m", "challenger", 2)
     return {"root": root, "events": events, "registry": str(root / "models")}

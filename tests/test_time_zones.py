@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cards import make_card
 from chispa import assert_df_equality
 from pyspark.ml import Pipeline
 from pyspark.ml.feature import SQLTransformer
@@ -104,22 +105,13 @@ def inputs(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dic
         SQLTransformer(statement=SCORE_SQL),
     ]
     spine = spark.createDataFrame([(1, U(2024, 3, 1))], "user_id long, as_of timestamp")
-    metadata = {
-        "input_schema": {
-            "spine": {"user_id": "bigint", "as_of": "timestamp"},
-            "sources": {
-                refs["events"]: {
-                    "user_id": "bigint",
-                    "event_time": "timestamp",
-                    "event_type": "string",
-                }
-            },
-        },
-        "spine": {"source": "events", "entity_col": "user_id", "longest_window": "7d"},
-        "config": {"sources": {"events": refs["events"]}},
-    }
+    card = make_card(
+        events=refs["events"],
+        lookback="7d",
+        source_schema={"user_id": "bigint", "event_time": "timestamp", "event_type": "string"},
+    )
     registry = ModelRegistry(spark, refs["models"])
-    registry.register("m", Pipeline(stages=stages).fit(spine), metadata)
+    registry.register("m", Pipeline(stages=stages).fit(spine), card)
     registry.set_alias("m", "production", 1)
     spec = root / "inputs.json"
     spec.write_text(json.dumps({**refs, "registry": refs["models"]}))

@@ -15,23 +15,30 @@ from chispa import assert_approx_df_equality
 from pyspark.ml import PipelineModel
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
+from spark_jobs import no_job_runs
 
-from sparkml_prod.core.config import TrainConfig, from_mapping
+from sparkml_prod.core.config import ModelConfig, TrainConfig, from_mapping
 from sparkml_prod.core.errors import (
     ClusterCapacityError,
+    ConfigError,
     LeakageError,
     PromotionRefusedError,
     TrainingDataError,
 )
-from sparkml_prod.core.tables import table_exists, write_table
+from sparkml_prod.core.tables import read_table, table_exists, write_table
+from sparkml_prod.data.matrix import build_training_matrix, labelled_spine
 from sparkml_prod.data.synthetic import (
     SyntheticSpec,
     generate_events,
     generate_user_attributes,
 )
+from sparkml_prod.features import load_feature_spec
 from sparkml_prod.modeling.evaluation import evaluate
+from sparkml_prod.modeling.training import fit_candidate
 from sparkml_prod.registry import ModelRegistry
-from sparkml_prod.runs.train import comparison_gate, run_training
+from sparkml_prod.registry.card import SpineRule
+from sparkml_prod.runs.promotion import comparison_gate
+from sparkml_prod.runs.train import run_training
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = SyntheticSpec(n_users=1500, start=dt.date(2023, 1, 1), end=dt.date(2023, 10, 1), seed=7)
@@ -99,23 +106,22 @@ def test_training_end_to_end(spark: SparkSession, tables: dict[str, str], tmp_pa
     )
     assert run.metrics["n"] == test_rows.count()
 
-    # The report, the registry entry and its metadata.
+    # The report, the registry entry and its model card.
     report = Path(run.report_path).read_text()
     assert report.count("data:image/png;base64,") >= 6
     registry = ModelRegistry(spark, config.registry_root)
     version = registry.get("purchase_30d@production")
     assert version.version == run.version == 1
-    metadata = version.metadata
-    assert metadata["matrix"]["delta_version"] == 0
-    assert metadata["matrix"]["source_delta_versions"] == {
-        tables["events"]: 0,
-        tables["user_attributes"]: 0,
-    }
-    assert metadata["as_of_dates"]["test"] == ["2023-09-01"]
-    assert metadata["input_schema"]["spine"] == {"user_id": "bigint", "as_of": "timestamp"}
-    assert len(metadata["search"]["log"]) == 2
-    assert [f["test_as_of"] for f in metadata["backtest"]["folds"]] == ["2023-08-20"]
-    assert "purchase_count_30d" in metadata["feature_names"]
+    card = version.card
+    assert card.matrix.delta_version == 0
+    assert card.matrix.source_versions == {tables["events"]: 0, tables["user_attributes"]: 0}
+    assert card.matrix.rows == matrix.count()
+    assert card.as_of_dates["test"] == ["2023-09-01"]
+    assert card.input_schema.spine == {"user_id": "bigint", "as_of": "timestamp"}
+    assert len(card.search["log"]) == 2
+    assert [f["test_as_of"] for f in card.backtest["folds"]] == ["2023-08-20"]
+    assert card.spine == SpineRule(tables["events"], "90d", "user_id", "event_time", "as_of")
+    assert card.feature_stage_count == 5
 
     # One artefact: the registered PipelineModel scores a raw spine (user_id, as_of only),
     # in a fresh Python process as a scoring job would, with the in-memory model's scores.
@@ -152,13 +158,13 @@ def test_training_end_to_end(spark: SparkSession, tables: dict[str, str], tmp_pa
 
     # A new version must beat production on the same test snapshot by the margin; the
     # same model scores the same, so a positive margin refuses it and production stays.
-    second = registry.register("purchase_30d", PipelineModel.load(version.model_path), {})
+    second = registry.register("purchase_30d", registry.load_version(version), card)
     labelled_test = test_rows.select("user_id", "as_of", "label")
-    refusing = comparison_gate(spark, labelled_test, None, "roc_auc", margin=0.01)
+    refusing = comparison_gate(registry, labelled_test, None, "roc_auc", margin=0.01)
     with pytest.raises(PromotionRefusedError, match="required margin 0.01"):
         registry.promote("purchase_30d", second.version, "production", gate=refusing)
     assert registry.aliases("purchase_30d") == {"production": 1}
-    accepting = comparison_gate(spark, labelled_test, None, "roc_auc", margin=0.0)
+    accepting = comparison_gate(registry, labelled_test, None, "roc_auc", margin=0.0)
     registry.promote("purchase_30d", second.version, "production", gate=accepting)
     assert registry.aliases("purchase_30d") == {"production": 2}
 
@@ -250,3 +256,123 @@ def test_a_single_label_class_is_refused_before_features(
         " rows are 0 (negative). A classifier needs both; check the label filter and "
         "horizon, or choose other dates."
     )
+
+
+def refused_before_any_job(spark: SparkSession, config: TrainConfig) -> str:
+    """The message of the ConfigError that ``run_training`` raises before any Spark job
+    (and so before writing anything)."""
+    error = no_job_runs(spark, lambda: run_training(spark, config))
+    assert isinstance(error, ConfigError), repr(error)
+    assert not Path(config.matrix_table).exists()
+    return str(error)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"search": {"metric": "accuracy"}},
+            "search.metric must be one of roc_auc, pr_auc, log_loss; got 'accuracy'.",
+        ),
+        (
+            {"model": {"type": "mypackage.models.Missing"}},
+            "model.type 'mypackage.models.Missing' is neither 'xgboost' nor an importable class "
+            "path such as pyspark.ml.classification.LogisticRegression.",
+        ),
+        (
+            {"model": {"type": "pyspark.ml.feature.SQLTransformer"}},
+            "model.type 'pyspark.ml.feature.SQLTransformer' is not a pyspark.ml Estimator.",
+        ),
+        (
+            {"model": {"params": {"max_dept": 4}}},
+            "model.params: 'max_dept' is not a parameter of SparkXGBClassifier (did you mean "
+            "max_depth?). Use the model's own parameter names, e.g. learning_rate, max_depth.",
+        ),
+        (
+            {
+                "model": {
+                    "type": "pyspark.ml.classification.LogisticRegression",
+                    "params": {"regParm": 0.1},
+                },
+                "search": {"trials": 0},
+            },
+            "model.params do not fit pyspark.ml.classification.LogisticRegression: "
+            "LogisticRegression.__init__() got an unexpected keyword argument 'regParm'",
+        ),
+        (
+            {"search": {"space": {"depth": {"int": [2, 5]}}}},
+            "search candidate 1 (model.params + space): 'depth' is not a parameter of "
+            "SparkXGBClassifier (did you mean max_depth?). Use the model's own parameter "
+            "names, e.g. learning_rate, max_depth.",
+        ),
+        (
+            {"search": {"space": {"max_depth": {"range": [2, 5]}}}},
+            "search.space.max_depth: unknown kind 'range' (or a non-positive log_uniform "
+            "bound); use int, uniform, log_uniform or choice.",
+        ),
+        (
+            {"backtest": {"test": [dt.date(2023, 3, 20)]}},
+            "backtest.test 2023-03-20: needs at least two earlier snapshots whose 30d label "
+            "windows end before it (one trains, the latest validates); add earlier training "
+            "dates or drop this fold.",
+        ),
+    ],
+)
+def test_model_search_and_backtest_settings_fail_before_any_job(
+    spark: SparkSession,
+    tables: dict[str, str],
+    tmp_path: Path,
+    overrides: dict[str, Any],
+    message: str,
+) -> None:
+    config = train_config(tables, tmp_path, **overrides)
+    assert refused_before_any_job(spark, config) == message
+
+
+def test_a_feature_spec_whose_stages_do_not_build_fails_before_any_job(
+    spark: SparkSession, tables: dict[str, str], tmp_path: Path
+) -> None:
+    spec = tmp_path / "features.yaml"
+    spec.write_text(
+        "stages:\n"
+        "  - {type: window_aggregates, source: events, windows: [7d, 1month],"
+        " aggregations: [{agg: count}]}\n"
+    )
+    config = train_config(tables, tmp_path, feature_spec=str(spec))
+    assert refused_before_any_job(spark, config) == (
+        f"{spec}: stages[0] (window_aggregates): The 'windows' parameter of WindowAggregates "
+        "must be a list of windows such as '7d', '12h' or '2w' (a positive integer and one "
+        "of s, m, h, d, w). Got '1month' instead."
+    )
+
+
+def test_the_features_are_the_stages_declared_outputs_not_other_numeric_columns(
+    spark: SparkSession, tables: dict[str, str], tmp_path: Path
+) -> None:
+    spec = tmp_path / "features.yaml"
+    spec.write_text(
+        "stages:\n"
+        "  - {type: window_aggregates, source: events, windows: [30d],"
+        " aggregations: [{agg: count}]}\n"
+        "  - {type: lookup, source: user_attributes, attributes: [plan]}\n"
+        "  - {type: derived, expressions: {events_per_day_30d: 'event_count_30d / 30.0'}}\n"
+        "  - {type: categorical, columns: [plan]}\n"
+    )
+    config = train_config(tables, tmp_path, feature_spec=str(spec))
+    stages = load_feature_spec(spec, sources=tables)
+    dates = {"train": [dt.datetime(2023, 5, 1)]}
+    versions = {ref: 0 for ref in tables.values()}
+    # A spine that carries a numeric helper column of its own: it must not become a feature.
+    with_helper = labelled_spine(spark, config, dates, versions).withColumn("helper", F.lit(1.5))
+    built = build_training_matrix(spark, config, dates, stages, versions, labelled=with_helper)
+    assert "helper" in read_table(spark, config.matrix_table).columns
+    assert built.feature_columns == ["event_count_30d", "events_per_day_30d", "plan_index"]
+    assert built.categorical_columns == ["plan_index"]
+    fitted = fit_candidate(
+        built.read(spark),
+        ModelConfig(num_workers=1, early_stopping_rounds=None, params={"n_estimators": 2}),
+        built.feature_columns,
+        {"n_estimators": 2},
+    )
+    assembler = fitted.stages[0]
+    assert assembler.getInputCols() == ["event_count_30d", "events_per_day_30d", "plan_index"]

@@ -159,6 +159,12 @@ def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
         return float(value)
     if tp is dt.date and isinstance(value, dt.date) and not isinstance(value, dt.datetime):
         return value
+    if tp is dt.date and isinstance(value, str):
+        # A quoted date in YAML, or a date in JSON (a model card's training config).
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            raise _type_error(value, tp, source, key) from None
     if tp is dt.datetime and isinstance(value, dt.date):
         if isinstance(value, dt.datetime):
             return value
@@ -323,7 +329,9 @@ class TrainConfig:
 
     ``promote_to`` (e.g. ``production``) moves that alias to the new version when it
     beats the current holder on this run's test snapshot by ``promotion_margin`` of
-    ``search.metric`` (or when the alias is not set yet).
+    ``search.metric`` (or when the alias is not set yet). ``allowed_stage_classes``:
+    stage classes (or package prefixes ending in ``.``) that may load from the registry
+    besides pyspark.ml, xgboost.spark and sparkml_prod ones.
     """
 
     model_name: str
@@ -341,6 +349,7 @@ class TrainConfig:
     backtest: BacktestConfig = dataclasses.field(default_factory=BacktestConfig)
     promote_to: str | None = None
     promotion_margin: float = 0.0
+    allowed_stage_classes: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,9 +366,9 @@ class ChallengerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ScoringSpineConfig:
-    """Who is scored: every entity of ``users_table``, or every entity with an event in
-    ``lookback`` (default: the model's longest feature window) of ``source`` (default: the
-    model's training spine source)."""
+    """Who is scored: every entity of ``users_table``, or by default the model's training
+    spine rule (its model card): every entity with an event of ``source`` in ``lookback``
+    before as-of, each defaulting to the training spine's."""
 
     users_table: str | None = None
     source: str | None = None
@@ -371,7 +380,8 @@ class ScoreConfig:
     """``sparkml-prod score`` / ``jobs/score.py``: which model scores whom, and where to.
 
     ``sources`` maps a table the model was trained on to the table to read instead
-    (e.g. a production copy); ``allow_empty`` lets an empty result replace the partition.
+    (e.g. a production copy); ``allow_empty`` lets an empty result replace the partition;
+    ``allowed_stage_classes`` as for :class:`TrainConfig`.
     """
 
     model: str
@@ -381,3 +391,4 @@ class ScoreConfig:
     spine: ScoringSpineConfig = dataclasses.field(default_factory=ScoringSpineConfig)
     challenger: ChallengerConfig | None = None
     allow_empty: bool = False
+    allowed_stage_classes: list[str] = dataclasses.field(default_factory=list)

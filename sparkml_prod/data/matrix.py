@@ -7,8 +7,9 @@ import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
-from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml import Pipeline, PipelineModel, Transformer
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -24,15 +25,26 @@ from sparkml_prod.core.tables import (
     write_table,
 )
 from sparkml_prod.core.time import instant_in, require_utc_session
+from sparkml_prod.data.fingerprint import content_hash
 from sparkml_prod.data.labels import add_labels
 from sparkml_prod.data.spine import active_entity_spine
-from sparkml_prod.features import load_feature_spec
+from sparkml_prod.features import (
+    declared_outputs,
+    load_feature_spec,
+    pin_source_versions,
+    unpin_source_versions,
+)
 from sparkml_prod.features.spec import PipelineStage
 
 __all__ = [
     "fit_feature_pipeline",
     "build_feature_matrix",
     "build_training_matrix",
+    "rebuild_training_matrix",
+    "model_inputs",
+    "labelled_spine",
+    "source_ref",
+    "source_versions",
     "TrainingMatrix",
     "SPLIT_COL",
     "VALIDATION_FLAG",
@@ -72,14 +84,23 @@ def build_feature_matrix(spark: SparkSession, config: FeaturesConfig) -> tuple[i
 
 SPLIT_COL = "split"
 VALIDATION_FLAG = "is_validation"
+# Model inputs are numeric or boolean; a declared string output feeds a categorical stage.
+_MODEL_INPUT_TYPES = (*NUMERIC, "boolean")
 
 
 @dataclass
 class TrainingMatrix:
-    """A written training matrix and what is needed to train on it and rebuild it."""
+    """A written training matrix and what is needed to train on it and rebuild it.
+
+    ``feature_model`` is the fitted feature pipeline with its sources *unpinned* (what
+    the registered model reads at scoring time); the matrix itself was built with every
+    read pinned to ``source_versions``.
+    """
 
     table: str
     version: int
+    rows: int
+    content_hash: str
     source_versions: dict[str, int | None]
     feature_model: PipelineModel
     feature_columns: list[str]
@@ -90,13 +111,7 @@ class TrainingMatrix:
 
     def read(self, spark: SparkSession) -> DataFrame:
         """The matrix at the version written by this run (Delta time travel)."""
-        return (
-            spark.read.format("delta")
-            .option("versionAsOf", self.version)
-            .load(table_path(self.table))
-            if is_path(self.table)
-            else spark.read.option("versionAsOf", self.version).table(self.table)
-        )
+        return read_table(spark, self.table, version=self.version)
 
 
 def source_versions(spark: SparkSession, sources: Mapping[str, str]) -> dict[str, int | None]:
@@ -110,12 +125,28 @@ def source_versions(spark: SparkSession, sources: Mapping[str, str]) -> dict[str
     return out
 
 
+def source_ref(config: TrainConfig, source: str) -> str:
+    """A spine or label ``source``: a name of ``sources``, or a table reference itself
+    (a path made absolute)."""
+    ref = config.sources.get(source, source)
+    return table_path(ref) if is_path(ref) else ref
+
+
+def _pinned(versions: Mapping[str, int | None]) -> dict[str, int]:
+    return {ref: v for ref, v in versions.items() if v is not None}
+
+
 def labelled_spine(
-    spark: SparkSession, config: TrainConfig, dates_by_split: Mapping[str, Sequence[dt.datetime]]
+    spark: SparkSession,
+    config: TrainConfig,
+    dates_by_split: Mapping[str, Sequence[dt.datetime]],
+    versions: Mapping[str, int | None] | None = None,
 ) -> DataFrame:
-    """Active entities at every date, with the label and the split each date belongs to."""
-    spine_source = config.sources.get(config.spine.source, config.spine.source)
-    label_source = config.sources.get(config.label.source, config.label.source)
+    """Active entities at every date, with the label and the split each date belongs to;
+    the spine and label sources read at ``versions`` (ref -> Delta version) when given."""
+    spine_source = source_ref(config, config.spine.source)
+    label_source = source_ref(config, config.label.source)
+    pinned = _pinned(versions or {})
     all_dates = sorted({d for dates in dates_by_split.values() for d in dates})
     spine = active_entity_spine(
         spark,
@@ -124,6 +155,7 @@ def labelled_spine(
         lookback=config.spine.lookback,
         entity_col=config.spine.entity_col,
         timestamp_col=config.spine.timestamp_col,
+        source_version=pinned.get(spine_source),
     )
     labelled = add_labels(
         spine,
@@ -135,6 +167,7 @@ def labelled_spine(
         entity_col=config.spine.entity_col,
         source_entity_col=config.label.entity_col,
         timestamp_col=config.label.timestamp_col,
+        source_version=pinned.get(label_source),
     )
     split = F.lit(None).cast("string")
     for name, dates in dates_by_split.items():
@@ -180,50 +213,105 @@ def build_training_matrix(
     config: TrainConfig,
     dates_by_split: Mapping[str, Sequence[dt.datetime]],
     stages: Sequence[PipelineStage],
+    versions: Mapping[str, int | None],
+    labelled: DataFrame | None = None,
 ) -> TrainingMatrix:
     """Spine + labels + features for every snapshot, written once as a Delta table.
 
-    The split counts are checked before the features are computed (a bad split fails in
-    seconds, not after the long feature build). Feature stages that learn (categorical
-    indexers) are fitted on the training snapshots only. The sources' Delta versions
-    are recorded so the matrix can be rebuilt exactly with time travel.
+    Every read (spine, labels, feature sources) is pinned to ``versions`` (ref -> Delta
+    version, recorded by the caller before anything is read), so the matrix can be
+    rebuilt exactly. The split counts are checked before the features are computed (a
+    bad split fails in seconds, not after the long feature build). Feature stages that
+    learn (categorical indexers) are fitted on the training snapshots only. The model's
+    features are the stages' declared numeric outputs, never other matrix columns (such
+    as extra columns of a ``labelled`` spine given instead of :func:`labelled_spine`'s).
     """
-    versions = source_versions(spark, config.sources)
-    schemas = {ref: schema_of(read_table(spark, ref)) for ref in config.sources.values()}
-    labelled = labelled_spine(spark, config, dates_by_split).cache()
+    pinned = _pinned(versions)
+    schemas = {
+        ref: schema_of(read_table(spark, ref, version=pinned.get(ref)))
+        for ref in config.sources.values()
+    }
+    if labelled is None:
+        labelled = labelled_spine(spark, config, dates_by_split, versions)
+    labelled = labelled.cache()
     try:
         counts = split_counts(labelled)
         check_split_counts(counts, dates_by_split)
-        feature_model = fit_feature_pipeline(stages, labelled.where(F.col(SPLIT_COL) == "train"))
+        feature_model = fit_feature_pipeline(
+            pin_source_versions(stages, pinned), labelled.where(F.col(SPLIT_COL) == "train")
+        )
         matrix = feature_model.transform(labelled)
         write_table(
             matrix, config.matrix_table, mode="overwrite", options={"overwriteSchema": "true"}
         )
     finally:
         labelled.unpersist()
-    spine_columns = {config.spine.entity_col, "as_of", "label", SPLIT_COL}
-    written = schema_of(read_table(spark, config.matrix_table))
-    # Numeric and boolean columns are features; strings (raw categories) are not.
-    features = [
-        name
-        for name, kind in written.items()
-        if name not in spine_columns and kind.split("(")[0] in (*NUMERIC, "boolean")
-    ]
-    categorical = [
-        c
-        for stage in feature_model.stages
-        if hasattr(stage, "getOutputCols") and stage.hasParam("stringOrderType")
-        for c in stage.getOutputCols()
-    ]
+    version = delta_version(spark, config.matrix_table)
+    written_table = read_table(spark, config.matrix_table, version=version)
+    written = schema_of(written_table)
+    features, categorical = model_inputs(feature_model.stages, written)
+    rows, digest = content_hash(written_table)
     spine_schema = {k: v for k, v in written.items() if k in (config.spine.entity_col, "as_of")}
     return TrainingMatrix(
         table=config.matrix_table,
-        version=delta_version(spark, config.matrix_table),
-        source_versions=versions,
-        feature_model=feature_model,
+        version=version,
+        rows=rows,
+        content_hash=digest,
+        source_versions=dict(versions),
+        feature_model=PipelineModel(
+            stages=cast(list[Transformer], unpin_source_versions(feature_model.stages))
+        ),
         feature_columns=features,
-        categorical_columns=[c for c in categorical if c in features],
+        categorical_columns=categorical,
         counts=counts,
         spine_schema=spine_schema,
         source_schemas=schemas,
     )
+
+
+def model_inputs(
+    feature_stages: Sequence[Any], matrix_schema: Mapping[str, str]
+) -> tuple[list[str], list[str]]:
+    """The model's features and which of them are categorical indexes: the stages'
+    declared outputs of a numeric or boolean type, in order. A declared string column is
+    an input of a categorical stage, not a feature; one that no stage indexes is logged."""
+    declared = declared_outputs(feature_stages)
+    features = [c for c in declared if matrix_schema[c].split("(")[0] in _MODEL_INPUT_TYPES]
+    categorical = [
+        c
+        for stage in feature_stages
+        if stage.hasParam("stringOrderType")
+        for c in stage.getOrDefault(stage.getParam("outputCols"))
+    ]
+    indexed = {
+        c
+        for stage in feature_stages
+        if stage.hasParam("stringOrderType")
+        for c in stage.getOrDefault(stage.getParam("inputCols"))
+    }
+    for column in declared:
+        if column not in features and column not in indexed:
+            log.warning(
+                "feature column '%s' is %s: not a model input; index it with a categorical "
+                "stage to use it",
+                column,
+                matrix_schema[column],
+            )
+    return features, [c for c in categorical if c in features]
+
+
+def rebuild_training_matrix(
+    spark: SparkSession,
+    config: TrainConfig,
+    dates_by_split: Mapping[str, Sequence[dt.datetime]],
+    fitted_feature_stages: Sequence[Any],
+    versions: Mapping[str, int | None],
+) -> DataFrame:
+    """The training matrix again, from the fitted feature stages of a registered model with
+    every read pinned to the recorded ``versions`` (nothing is refitted or written)."""
+    pinned = _pinned(versions)
+    labelled = labelled_spine(spark, config, dates_by_split, versions)
+    model = PipelineModel(
+        stages=cast(list[Transformer], pin_source_versions(fitted_feature_stages, pinned))
+    )
+    return model.transform(labelled)

@@ -16,7 +16,7 @@ from sparkml_prod.core.tables import table_expression
 from sparkml_prod.features.params import HasSource
 from sparkml_prod.features.spec import PipelineStage
 
-__all__ = ["pin_source_versions"]
+__all__ = ["pin_source_versions", "unpin_source_versions"]
 
 
 def pin_source_versions(
@@ -76,3 +76,22 @@ def pin_source_versions(
 
     model_stages = stages.stages if isinstance(stages, PipelineModel) else stages
     return [pin(stage) for stage in model_stages]
+
+
+def unpin_source_versions(stages: Sequence[PipelineStage]) -> list[PipelineStage]:
+    """Copies of ``stages`` that read the latest version of every source again (what a
+    registered model must do when it scores); the stages given are never modified.
+
+    Examples
+    --------
+    >>> from sparkml_prod.features import Recency
+    >>> [latest] = unpin_source_versions([Recency(sourceTable="/e", sourceVersion=3)])
+    >>> latest.getSourceVersion() is None
+    True
+    """
+    sources = {
+        stage.getOrDefault("sourceTable"): None
+        for stage in stages
+        if stage.hasParam("sourceTable") and stage.isDefined("sourceTable")
+    }
+    return pin_source_versions(stages, sources)

@@ -20,7 +20,7 @@ A job config names its features without Python code::
         attributes: [plan, country]
       - type: ratios              # try_divide: a zero denominator gives null
         ratios: {purchase_share_30d: [purchase_count_30d, event_count_30d]}
-      - type: derived             # any Spark SQL expression, through SQLTransformer
+      - type: derived             # any Spark SQL expression
         expressions: {trend_7_30: "try_divide(event_count_7d * 30, event_count_30d * 7)"}
       - type: categorical         # StringIndexer, unseen categories kept (see categorical.py)
         columns: [plan, country]
@@ -32,21 +32,21 @@ tables), and used as a table reference when it is not there.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
 
 from pyspark.ml.base import Estimator, Transformer
-from pyspark.ml.feature import SQLTransformer
 
 from sparkml_prod.core.config import read_yaml
 from sparkml_prod.core.errors import ConfigError
 from sparkml_prod.features.aggregates import WindowAggregates
 from sparkml_prod.features.categorical import categorical_indexer
+from sparkml_prod.features.derived import DerivedColumns
 from sparkml_prod.features.lookup import PointInTimeLookup
 from sparkml_prod.features.recency import Recency
 
-__all__ = ["build_feature_stages", "load_feature_spec", "PipelineStage"]
+__all__ = ["build_feature_stages", "declared_outputs", "load_feature_spec", "PipelineStage"]
 
 PipelineStage = Union[Estimator, Transformer]  # noqa: UP007 (a runtime alias)
 
@@ -95,10 +95,15 @@ def build_feature_stages(
         "entityCol": spec.get("entity_col", "user_id"),
         "asOfCol": spec.get("as_of_col", "as_of"),
     }
-    return [
+    stages = [
         _build_stage(item, i, spine_params, sources or {}, origin)
         for i, item in enumerate(spec["stages"])
     ]
+    try:
+        declared_outputs(stages, origin)
+    except ValueError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+    return stages
 
 
 def _build_stage(
@@ -149,9 +154,38 @@ def _ratios(settings: Mapping[str, Any]) -> dict[str, list[str]]:
     return dict(ratios)
 
 
-def _sql_columns(expressions: Mapping[str, str]) -> SQLTransformer:
-    """One SQLTransformer adding named expression columns to every row."""
+def _sql_columns(expressions: Mapping[str, str]) -> DerivedColumns:
+    """One stage adding named expression columns to every row."""
     if not expressions:
         raise ValueError("at least one output column is needed")
-    selected = ", ".join(f"{expr} AS `{name}`" for name, expr in expressions.items())
-    return SQLTransformer(statement=f"SELECT *, {selected} FROM __THIS__")
+    return DerivedColumns(expressions=dict(expressions))
+
+
+def declared_outputs(stages: Sequence[Any], origin: str = "the feature stages") -> list[str]:
+    """The columns the stages declare they add, in pipeline order (fitted or not).
+
+    Our stages list them (``outputColumns``); a categorical indexer its ``outputCols``.
+    Raises ValueError for a stage that declares nothing (it could add any column, so the
+    model's inputs would not be known) or for an output two stages both add.
+    """
+    names: list[str] = []
+    for index, stage in enumerate(stages):
+        if hasattr(stage, "outputColumns"):
+            added = list(stage.outputColumns())
+        elif stage.hasParam("outputCols") and stage.isDefined(stage.getParam("outputCols")):
+            added = list(stage.getOrDefault(stage.getParam("outputCols")))
+        else:
+            raise ValueError(
+                f"Stage {index} of {origin} ({type(stage).__name__}) does not declare its "
+                "output columns, so the model's features would not be known. Use the spec's "
+                "stage types (window_aggregates, recency, lookup, ratios, derived, categorical)."
+            )
+        repeated = sorted(set(added) & set(names))
+        if repeated:
+            raise ValueError(
+                f"Stage {index} of {origin} ({type(stage).__name__}) adds column(s) "
+                f"{', '.join(repeated)} that an earlier stage adds too; rename one "
+                "(outputPrefix, or another name in the spec)."
+            )
+        names += added
+    return names

@@ -23,6 +23,7 @@ Both end with :class:`~sparkml_prod.modeling.stages.ProbabilityScore`, which wri
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 import math
@@ -51,6 +52,8 @@ __all__ = [
     "fit_candidate",
     "random_search",
     "sample_params",
+    "search_candidates",
+    "check_model_config",
     "feature_importance",
     "model_description",
 ]
@@ -111,6 +114,62 @@ def _model_class(path: str) -> type:
     return cls
 
 
+def _xgboost_classifier() -> type:
+    try:
+        from xgboost.spark import SparkXGBClassifier
+    except ImportError as error:
+        raise ConfigError(
+            f"model.type is 'xgboost' but xgboost.spark cannot be imported ({error}). Install "
+            "sparkml-prod[cpu] (xgboost-cpu) or sparkml-prod[gpu] (xgboost) in the driver's "
+            "and the executors' Python."
+        ) from None
+    return SparkXGBClassifier
+
+
+def search_candidates(model: ModelConfig, search: SearchConfig) -> list[dict[str, Any]]:
+    """The params of every search candidate, in trial order (seeded, so a rerun draws the
+    same): candidate 0 is ``model.params`` as given, then ``trials - 1`` draws from
+    ``search.space`` on top of them."""
+    rng = random.Random(search.seed)
+    candidates = [dict(model.params)]
+    for _ in range(max(search.trials - 1, 0)):
+        candidates.append({**model.params, **sample_params(search.space, rng)})
+    return candidates
+
+
+def check_model_config(model: ModelConfig, search: SearchConfig) -> list[dict[str, Any]]:
+    """Check the model, its params, the search space and the metric without any data; return
+    the candidates' params.
+
+    The model type must import and be an Estimator; every candidate's params must build
+    it (each key a Param of the model: xgboost.spark would silently pass an unknown key
+    to the booster); ``search.metric`` must be known.
+    """
+    if search.metric not in METRICS_HIGHER_IS_BETTER:
+        raise ConfigError(
+            f"search.metric must be one of {', '.join(METRICS_HIGHER_IS_BETTER)}; "
+            f"got '{search.metric}'."
+        )
+    if search.trials < 0:
+        raise ConfigError(f"search.trials must be 0 or more, got {search.trials}.")
+    if search.space and search.trials < 2:
+        log.warning("search.space is set but search.trials is %d: no draw is made", search.trials)
+    candidates = search_candidates(model, search)
+    for index, params in enumerate(candidates):
+        where = "model.params" if index == 0 else f"search candidate {index} (model.params + space)"
+        estimator = model_stages(model, ["__feature"], params)[-2]  # the classifier
+        unknown = sorted(k for k in params if not estimator.hasParam(k))
+        if unknown:
+            known = [p.name for p in estimator.params]
+            hint = difflib.get_close_matches(unknown[0], known, n=1)
+            raise ConfigError(
+                f"{where}: '{unknown[0]}' is not a parameter of {type(estimator).__name__}"
+                + (f" (did you mean {', '.join(hint)}?)" if hint else "")
+                + ". Use the model's own parameter names, e.g. learning_rate, max_depth."
+            )
+    return candidates
+
+
 def model_stages(
     model: ModelConfig,
     feature_columns: Sequence[str],
@@ -121,8 +180,7 @@ def model_stages(
     features = list(feature_columns)
     score = ProbabilityScore(inputCol="probability", outputCol="score")
     if model.type == "xgboost":
-        from xgboost.spark import SparkXGBClassifier
-
+        SparkXGBClassifier = _xgboost_classifier()  # noqa: N806 (a class)
         # verbose: no per-iteration evaluation log on the executors' stdout
         settings = {"n_estimators": 200, "verbose": False, **params}
         if model.early_stopping_rounds:
@@ -156,7 +214,7 @@ def model_stages(
         stages.append(VectorAssembler(inputCols=imputed, outputCol=FEATURES_VECTOR))
     try:
         classifier = cls(featuresCol=FEATURES_VECTOR, labelCol=label_col, **params)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"model.params do not fit {model.type}: {exc}") from None
     return [*stages, classifier, score]
 
@@ -264,49 +322,39 @@ def validation_metrics(predictions: DataFrame, label_col: str = "label") -> dict
 def random_search(
     matrix: DataFrame,
     model: ModelConfig,
-    search: SearchConfig,
+    metric: str,
+    candidates: Sequence[Mapping[str, Any]],
     feature_columns: Sequence[str],
     label_col: str = "label",
 ) -> SearchResult:
-    """Fit ``search.trials`` candidates (or the configured params once) and keep the best.
-
-    The first candidate is always the configured ``model.params`` as given, so a search
-    can only improve on them.
-    """
-    if search.metric not in METRICS_HIGHER_IS_BETTER:
-        raise ConfigError(
-            f"search.metric must be one of {', '.join(METRICS_HIGHER_IS_BETTER)}; "
-            f"got '{search.metric}'."
-        )
-    rng = random.Random(search.seed)
-    candidates_params = [dict(model.params)]
-    for _ in range(max(search.trials - 1, 0)):
-        candidates_params.append({**model.params, **sample_params(search.space, rng)})
+    """Fit each candidate (from :func:`check_model_config`) and keep the best on the
+    validation snapshot by ``metric``; candidate 0 is the configured params, so a search
+    can only improve on them."""
     validation = matrix.where(F.col(SPLIT_COL) == "validation")
-    higher = METRICS_HIGHER_IS_BETTER[search.metric]
+    higher = METRICS_HIGHER_IS_BETTER[metric]
     best: Candidate | None = None
     entries = []
-    for trial, params in enumerate(candidates_params):
+    for trial, params in enumerate(candidates):
         started = time.perf_counter()
         fitted = fit_candidate(matrix, model, feature_columns, params, label_col)
         seconds = time.perf_counter() - started
         metrics = validation_metrics(fitted.transform(validation), label_col)
-        candidate = Candidate(trial, params, fitted, metrics, best_iteration(fitted), seconds)
+        candidate = Candidate(trial, dict(params), fitted, metrics, best_iteration(fitted), seconds)
         entries.append(candidate.log_entry())
         log.info(
             "trial %d: validation %s %.4f (best iteration %s, %.1fs) %s",
             trial,
-            search.metric,
-            metrics[search.metric],
+            metric,
+            metrics[metric],
             candidate.best_iteration,
             seconds,
             params,
         )
-        value, current = metrics[search.metric], best.metrics[search.metric] if best else None
+        value, current = metrics[metric], best.metrics[metric] if best else None
         if current is None or (value > current if higher else value < current):
             best = candidate
-    assert best is not None
-    return SearchResult(best=best, log=entries, metric=search.metric)
+    assert best is not None, "check_model_config gives at least one candidate"
+    return SearchResult(best=best, log=entries, metric=metric)
 
 
 def feature_importance(model: PipelineModel, feature_columns: Sequence[str]) -> dict[str, float]:

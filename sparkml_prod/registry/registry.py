@@ -3,7 +3,7 @@
 Layout under the registry root::
 
     <root>/<name>/<version>/model/           the PipelineModel (model.write().save)
-    <root>/<name>/<version>/metadata.json    your metadata + name, version, created_at
+    <root>/<name>/<version>/card.json        the model card (sparkml_prod.registry.card)
     <root>/<name>/<version>/report/          optional copy of a report directory
     <root>/<name>/aliases/<alias>            {"version": 3, "updated_at": "...",
                                               "previous_version": 2}
@@ -22,7 +22,7 @@ reaches. How each write stays safe for concurrent readers:
   a concurrent register that took the number first makes this one retry with the next.
   On local disk and HDFS the rename is atomic. Object stores (S3A, GCS, ABFS) rename by
   copying, so a version becomes visible file by file; readers list a version only once
-  its ``metadata.json`` is there.
+  its ``card.json`` is there (written last).
 - **set_alias** writes a temp file next to the alias and moves it over the old one, so
   readers see the old record or the new one, never a missing or partial file. On local
   disk that is a POSIX ``rename(2)`` through Hadoop's raw local file system (not
@@ -39,12 +39,13 @@ reaches. How each write stays safe for concurrent readers:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import SparkSession
 
 from sparkml_prod.core.errors import ModelNotFoundError, PromotionRefusedError, SparkmlProdError
+from sparkml_prod.registry.card import CARD_FILE, ModelCard
+from sparkml_prod.registry.loading import load_verified_pipeline, pipeline_file_hashes
 from sparkml_prod.registry.storage import TMP_PREFIX, Storage, normalize_root
 
 __all__ = ["ModelVersion", "ModelRegistry", "format_versions"]
@@ -62,7 +65,7 @@ _VERSION = re.compile(r"[1-9][0-9]*\Z")
 _MAX_REGISTER_ATTEMPTS = 100
 
 
-# Metrics format_versions shows when a version's metadata["metrics"] has them.
+# Metrics format_versions shows when a version's card has them.
 HEADLINE_METRICS: tuple[str, ...] = ("roc_auc", "pr_auc", "log_loss")
 
 
@@ -78,24 +81,22 @@ class ModelVersion:
         Version number, from 1.
     path : str
         The version directory, ``<root>/<name>/<version>``.
-    metadata : dict
-        The parsed ``metadata.json`` (with ``name``, ``version`` and ``created_at``).
+    card : ModelCard
+        The version's model card.
     has_report : bool
         Whether a report directory was registered with the model.
 
     Examples
     --------
-    >>> v = ModelVersion("churn", 3, "/models/churn/3", {"version": 3})
-    >>> v.model_path
-    '/models/churn/3/model'
-    >>> v.report_path is None
-    True
+    >>> v = registry.get("churn/3")  # doctest: +SKIP
+    >>> v.model_path, v.card.metrics["roc_auc"]  # doctest: +SKIP
+    ('/models/churn/3/model', 0.8139)
     """
 
     name: str
     version: int
     path: str
-    metadata: dict[str, Any] = field(hash=False)
+    card: ModelCard = field(hash=False)
     has_report: bool = field(default=False, repr=False)
 
     @property
@@ -136,6 +137,9 @@ class ModelRegistry:
     root : str
         Registry root: a local path, ``file:/...``, ``hdfs://...``, ``s3a://...``.
         Created on the first register.
+    allowed_classes : sequence of str
+        Stage classes (or package prefixes ending in ``.``) that may load besides
+        ``pyspark.ml.``, ``xgboost.spark.`` and ``sparkml_prod.``.
 
     Examples
     --------
@@ -145,9 +149,10 @@ class ModelRegistry:
     >>> scorer = registry.load("churn@production")  # doctest: +SKIP
     """
 
-    def __init__(self, spark: SparkSession, root: str) -> None:
+    def __init__(self, spark: SparkSession, root: str, allowed_classes: Sequence[str] = ()) -> None:
         self.spark = spark
         self.root = normalize_root(root)
+        self.allowed_classes = tuple(allowed_classes)
         self._storage = Storage(spark, self.root)
 
     def __repr__(self) -> str:
@@ -170,18 +175,12 @@ class ModelRegistry:
 
     def _read_version(self, name: str, version: int) -> ModelVersion | None:
         path = f"{self._model_dir(name)}/{version}"
-        text = self._storage.read_text(f"{path}/metadata.json")
+        text = self._storage.read_text(f"{path}/{CARD_FILE}")
         if text is None:
             return None
-        try:
-            metadata = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise SparkmlProdError(
-                f"'{path}/metadata.json' is not valid JSON ({error}). Restore the file or "
-                f"delete the version directory '{path}'."
-            ) from error
+        card = ModelCard.from_json(text, where=f"of model {name}/{version} ('{path}/{CARD_FILE}')")
         has_report = self._storage.exists(f"{path}/report")
-        return ModelVersion(name, version, path, metadata, has_report)
+        return ModelVersion(name, version, path, card, has_report)
 
     def _read_alias(self, name: str, alias: str) -> dict[str, Any] | None:
         location = self._alias_file(name, alias)
@@ -299,13 +298,28 @@ class ModelRegistry:
         return self.versions(ref)[-1]
 
     def load(self, ref: str) -> PipelineModel:
-        """Load the PipelineModel of a ref (see :meth:`get`).
+        """Load the PipelineModel of a ref (see :meth:`get`), verified before loading.
+
+        Every file must match the SHA-256 its card records, and every stage class must
+        be allowlisted (:mod:`sparkml_prod.registry.loading`); otherwise a
+        :class:`~sparkml_prod.core.errors.ModelIntegrityError` names the file or class
+        and nothing is loaded.
 
         Examples
         --------
         >>> scores = registry.load("churn@production").transform(features)  # doctest: +SKIP
         """
-        return PipelineModel.load(self.get(ref).model_path)
+        return self.load_version(self.get(ref))
+
+    def load_version(self, version: ModelVersion) -> PipelineModel:
+        """Load a version already resolved by :meth:`get` (verified as in :meth:`load`)."""
+        return load_verified_pipeline(
+            self.spark,
+            version.model_path,
+            version.card.pipeline_sha256,
+            model_label=version.card.label_ref,
+            extra_allowed=self.allowed_classes,
+        )
 
     def aliases(self, name: str) -> dict[str, int]:
         """Each alias of ``name`` and the version it points at.
@@ -335,13 +349,15 @@ class ModelRegistry:
         self,
         name: str,
         model: PipelineModel,
-        metadata: dict[str, Any],
+        card: ModelCard,
         report_dir: str | None = None,
     ) -> ModelVersion:
-        """Save ``model`` as the next version of ``name``.
+        """Save ``model`` with its ``card`` as the next version of ``name``.
 
         The version is written completely into ``<root>/<name>/.tmp-<uuid>`` and then
-        renamed to ``<root>/<name>/<version>``, so no reader sees a partial version.
+        renamed to ``<root>/<name>/<version>``, so no reader sees a partial version. The
+        card is written last, with ``name``, ``version``, ``created_at`` (UTC) and the
+        SHA-256 of every file of the saved pipeline filled in by the registry.
 
         Parameters
         ----------
@@ -349,25 +365,24 @@ class ModelRegistry:
             Model name: a letter or digit, then letters, digits, ``_``, ``.``, ``-``.
         model : PipelineModel
             The fitted pipeline.
-        metadata : dict
-            JSON-serialisable facts about the model (metrics, training window, data
-            versions, ...). ``name``, ``version`` and ``created_at`` (UTC) are added.
+        card : ModelCard
+            The model card training built (its identity fields are replaced).
         report_dir : str, optional
             A report directory (report.html, PNGs, metrics.json) copied to ``report/``.
 
         Examples
         --------
-        >>> v = registry.register("churn", model, {"metrics": {"roc_auc": 0.83}},
+        >>> v = registry.register("churn", model, card,
         ...                       report_dir="demo-output/report")  # doctest: +SKIP
         >>> v.version, v.report_path  # doctest: +SKIP
         (1, '/models/churn/1/report')
         """
         _check_name(name, "model name")
         try:
-            json.dumps(metadata)
+            json.dumps(dataclasses.asdict(card))
         except (TypeError, ValueError) as error:
             raise ValueError(
-                f"The metadata of model '{name}' is not JSON-serialisable: {error}. Convert "
+                f"The model card of model '{name}' is not JSON-serialisable: {error}. Convert "
                 "values to str, int, float, bool, list or dict first."
             ) from error
         report_source = None
@@ -385,12 +400,19 @@ class ModelRegistry:
         temp = f"{self._model_dir(name)}/{TMP_PREFIX}{uuid.uuid4().hex}"
         try:
             model.write().save(f"{temp}/model")
+            hashes = pipeline_file_hashes(self.spark, f"{temp}/model")
             if report_source is not None:
                 self._storage.copy_in(report_source, f"{temp}/report")
             version = max(self._version_numbers(name), default=0) + 1
             for _ in range(_MAX_REGISTER_ATTEMPTS):
-                record = {**metadata, "name": name, "version": version, "created_at": _utc_now()}
-                self._storage.write_text(f"{temp}/metadata.json", json.dumps(record, indent=2))
+                record = dataclasses.replace(
+                    card,
+                    name=name,
+                    version=version,
+                    created_at=_utc_now(),
+                    pipeline_sha256=hashes,
+                )
+                self._storage.write_text(f"{temp}/{CARD_FILE}", record.to_json())
                 path = f"{self._model_dir(name)}/{version}"
                 if self._storage.rename_new(temp, path):
                     return ModelVersion(name, version, path, record, report_source is not None)
@@ -465,8 +487,7 @@ class ModelRegistry:
         >>> def beats_current(candidate, current):
         ...     if current is None:
         ...         return True, "no current model"
-        ...     gain = candidate.metadata["metrics"]["roc_auc"] - current.metadata[
-        ...         "metrics"]["roc_auc"]
+        ...     gain = candidate.card.metrics["roc_auc"] - current.card.metrics["roc_auc"]
         ...     return gain >= 0.005, f"roc_auc gain {gain:+.4f} (needs +0.0050)"
         >>> registry.promote("churn", 3, gate=beats_current)  # doctest: +SKIP
         """
@@ -501,31 +522,26 @@ def format_versions(versions: list[ModelVersion], aliases: dict[str, int]) -> st
     """A plain-text table of versions: number, creation time, aliases, headline metrics.
 
     The metrics columns are those of ``roc_auc``, ``pr_auc`` and ``log_loss`` that at
-    least one version has in ``metadata["metrics"]``; ``-`` marks a missing value.
+    least one version's card has in ``metrics``; ``-`` marks a missing value.
 
     Examples
     --------
-    >>> v1 = ModelVersion("churn", 1, "/m/churn/1",
-    ...                   {"created_at": "2024-06-01T10:00:00+00:00",
-    ...                    "metrics": {"roc_auc": 0.81234}})
-    >>> print(format_versions([v1], {"production": 1}))
+    >>> print(format_versions(registry.versions("churn"), {"production": 1}))  # doctest: +SKIP
     version  created_at                 aliases     roc_auc
           1  2024-06-01T10:00:00+00:00  production   0.8123
     """
     if not versions:
         return "(no versions)"
-    metrics = [
-        m for m in HEADLINE_METRICS if any(m in (v.metadata.get("metrics") or {}) for v in versions)
-    ]
+    metrics = [m for m in HEADLINE_METRICS if any(m in v.card.metrics for v in versions)]
     header = ["version", "created_at", "aliases", *metrics]
     rows = []
     for v in versions:
         pointing = ", ".join(sorted(a for a, n in aliases.items() if n == v.version)) or "-"
-        values = v.metadata.get("metrics") or {}
+        values = v.card.metrics
         rows.append(
             [
                 str(v.version),
-                str(v.metadata.get("created_at", "-")),
+                v.card.created_at,
                 pointing,
                 *(_format_metric(values.get(m)) for m in metrics),
             ]

@@ -4,12 +4,15 @@
 score`` do, in this order:
 
 1. resolve the model reference (``name@production`` or ``name/3``) ONCE, and the
-   challenger's if configured, and load the fitted pipelines;
-2. build the scoring spine at the as-of instant (midnight UTC of ``as_of``): every entity
-   with an event in the model's longest feature window before it, or every entity of a
-   configured users table;
+   challenger's if configured, and load the fitted pipelines, each verified against its
+   model card (file hashes, allowlisted stage classes) before it is loaded;
+2. build the scoring spine at the as-of instant (midnight UTC of ``as_of``): by default
+   the population the model was trained on (the card's spine rule: every entity with an
+   event of the training spine's source in its lookback before as-of), with
+   ``spine.source`` / ``spine.lookback`` overriding parts of the rule, or every entity of
+   a configured users table;
 3. check the spine and every source table against the input schema recorded in the
-   model's metadata (missing column, changed type, missing table: an error naming them)
+   model card (missing column, changed type, missing table: an error naming them)
    before any long job;
 4. score with the loaded pipeline: the same object training produced, no feature code
    here;
@@ -44,7 +47,7 @@ from pyspark.sql import functions as F
 
 from sparkml_prod.core.config import ScoreConfig
 from sparkml_prod.core.errors import ConfigError, EmptyResultError, SchemaError
-from sparkml_prod.core.tables import overwrite_partition, read_table, schema_of
+from sparkml_prod.core.tables import is_path, overwrite_partition, read_table, schema_of, table_path
 from sparkml_prod.core.time import naive_utc, require_utc_session, timestamp_lit, utc_now
 from sparkml_prod.data.spine import active_entity_spine
 from sparkml_prod.registry import ModelRegistry, ModelVersion
@@ -120,9 +123,15 @@ def _retarget_sources(pipeline: PipelineModel, sources: Mapping[str, str]) -> No
                 stage.set(stage.getParam("sourceTable"), sources[current])
 
 
+def _trained_refs(sources: Mapping[str, str]) -> dict[str, str]:
+    """``sources`` keyed as training records tables: paths absolute."""
+    return {(table_path(k) if is_path(k) else k): v for k, v in sources.items()}
+
+
 def load_model(registry: ModelRegistry, ref: str, sources: Mapping[str, str]) -> LoadedModel:
+    """Resolve ``ref`` once, verify and load its pipeline, point its sources as configured."""
     version = registry.get(ref)
-    pipeline = PipelineModel.load(version.model_path)
+    pipeline = registry.load_version(version)
     _retarget_sources(pipeline, sources)
     return LoadedModel(version, pipeline)
 
@@ -134,9 +143,9 @@ def check_inputs(
 
     Only schemas are read: no Spark job runs.
     """
-    recorded = model.version.metadata.get("input_schema", {})
+    recorded = model.version.card.input_schema
     present = schema_of(spine)
-    for column, kind in recorded.get("spine", {}).items():
+    for column, kind in recorded.spine.items():
         if present.get(column) != kind:
             found = present.get(column, "missing")
             raise SchemaError(
@@ -144,7 +153,7 @@ def check_inputs(
                 f"trained on {kind}. Spine columns: "
                 f"{', '.join(f'{k} {v}' for k, v in present.items())}."
             )
-    for trained_ref, columns in recorded.get("sources", {}).items():
+    for trained_ref, columns in recorded.sources.items():
         ref = sources.get(trained_ref, trained_ref)
         have = schema_of(read_table(spark, ref))
         for column, kind in columns.items():
@@ -160,12 +169,16 @@ def check_inputs(
 
 
 def scoring_spine(
-    spark: SparkSession, model: LoadedModel, config: ScoreConfig, as_of: dt.datetime
+    spark: SparkSession,
+    model: LoadedModel,
+    config: ScoreConfig,
+    as_of: dt.datetime,
+    sources: Mapping[str, str],
 ) -> DataFrame:
-    """Who is scored: every entity of ``spine.users_table``, or every entity with an event
-    in the model's longest feature window (or ``spine.lookback``) before as-of."""
-    meta = model.version.metadata.get("spine", {})
-    entity = meta.get("entity_col", "user_id")
+    """Who is scored: every entity of ``spine.users_table``, or the model's training spine
+    rule at as-of (its card), with ``spine.source`` and ``spine.lookback`` overriding."""
+    rule = model.version.card.spine
+    entity = rule.entity_col
     if config.spine.users_table:
         users = read_table(spark, config.spine.users_table, required={entity: ()})
         return (
@@ -174,23 +187,14 @@ def scoring_spine(
             .distinct()
             .withColumn("as_of", timestamp_lit(as_of))
         )
-    trained_sources = model.version.metadata.get("config", {}).get("sources", {})
-    source = config.spine.source or meta.get("source")
-    if source is None:
-        raise ConfigError(
-            f"Model {model.label} records no spine source: set spine.source or "
-            "spine.users_table in the scoring config."
-        )
-    ref = trained_sources.get(source, source)
-    ref = config.sources.get(ref, ref)
-    lookback = config.spine.lookback or meta.get("longest_window") or meta.get("lookback")
+    source = config.spine.source or rule.source
     return active_entity_spine(
         spark,
-        ref,
+        sources.get(source, source),
         [as_of],
-        lookback=lookback or "90d",
+        lookback=config.spine.lookback or rule.lookback,
         entity_col=entity,
-        timestamp_col=meta.get("timestamp_col", "event_time"),
+        timestamp_col=rule.timestamp_col,
     )
 
 
@@ -236,10 +240,11 @@ def run_scoring(spark: SparkSession, config: ScoreConfig, as_of: dt.date) -> Sco
     started = time.perf_counter()
     require_utc_session(spark, "run_scoring")
     instant = naive_utc(as_of)  # midnight UTC
-    registry = ModelRegistry(spark, config.registry_root)
-    champion = load_model(registry, config.model, config.sources)
+    registry = ModelRegistry(spark, config.registry_root, config.allowed_stage_classes)
+    sources = _trained_refs(config.sources)
+    champion = load_model(registry, config.model, sources)
     challenger = (
-        load_model(registry, config.challenger.model, config.sources) if config.challenger else None
+        load_model(registry, config.challenger.model, sources) if config.challenger else None
     )
     if config.challenger and config.challenger.shadow and not config.challenger.shadow_table:
         raise ConfigError("challenger.shadow needs challenger.shadow_table to write into.")
@@ -249,12 +254,12 @@ def run_scoring(spark: SparkSession, config: ScoreConfig, as_of: dt.date) -> Sco
         champion.label,
         f" and challenger {challenger.label}" if challenger else "",
     )
-    spine = scoring_spine(spark, champion, config, instant)
+    spine = scoring_spine(spark, champion, config, instant, sources)
     for model in (champion, challenger):
         if model is not None:
-            check_inputs(spark, model, spine, config.sources)
+            check_inputs(spark, model, spine, sources)
 
-    entity = champion.version.metadata.get("spine", {}).get("entity_col", "user_id")
+    entity = champion.version.card.spine.entity_col
     run_id = uuid.uuid4().hex
     meta = {
         "scored_at": timestamp_lit(utc_now()),  # never F.lit(datetime): read in TZ

@@ -1,9 +1,15 @@
 """One training run, end to end: checks, matrix, search, evaluation, report, registration.
 
 :func:`run_training` is everything ``sparkml-prod train`` (and ``jobs/train.py``) does.
-The cheap checks come first, before any long Spark job: the time split (no leakage),
-label completeness, the cluster's task slots for XGBoost, the feature spec; then the
-split's row and class counts, before the features are computed.
+Every check that needs no data comes first (:func:`plan_training`): the config, the time
+split (no leakage), the model type, its params and the search space (each candidate is
+constructed), the metric, the feature spec (its stages build and declare their outputs),
+the backtest folds and the cluster's task slots. Then the checks that read a little: label
+completeness and the sources' Delta versions, to which every later read is pinned; then
+the split's row and class counts, before the features are computed.
+
+The result is one registered version: the ``PipelineModel`` (feature stages + model
+stages) and its :class:`~sparkml_prod.registry.card.ModelCard`.
 """
 
 from __future__ import annotations
@@ -13,48 +19,69 @@ import datetime as dt
 import importlib.metadata
 import json
 import logging
-import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from sparkml_prod._version import __version__
 from sparkml_prod.core.config import Schedule, SplitConfig, TrainConfig
-from sparkml_prod.core.errors import ConfigError
-from sparkml_prod.core.time import (
-    instant_in,
-    naive_utc,
-    parse_window,
-    require_utc_session,
-    timestamp_lit,
-)
+from sparkml_prod.core.errors import ConfigError, PromotionRefusedError
+from sparkml_prod.core.tables import is_path, table_path
+from sparkml_prod.core.time import naive_utc, require_utc_session
 from sparkml_prod.data.labels import (
     TimeSplit,
     check_labels_complete,
     check_time_split,
     labels_complete_until,
 )
-from sparkml_prod.data.matrix import SPLIT_COL, TrainingMatrix, build_training_matrix
+from sparkml_prod.data.matrix import (
+    SPLIT_COL,
+    TrainingMatrix,
+    build_training_matrix,
+    source_ref,
+    source_versions,
+)
 from sparkml_prod.data.spine import as_of_schedule, as_of_timestamps
 from sparkml_prod.features import load_feature_spec
+from sparkml_prod.features.spec import PipelineStage
+from sparkml_prod.modeling.backtest import BacktestFold, plan_backtest, run_backtest
 from sparkml_prod.modeling.training import (
-    METRICS_HIGHER_IS_BETTER,
+    SearchResult,
+    check_model_config,
     check_model_resources,
     feature_importance,
-    fit_candidate,
     model_description,
     random_search,
 )
+from sparkml_prod.registry import ModelRegistry
+from sparkml_prod.registry.card import (
+    CARD_SCHEMA_VERSION,
+    InputSchemas,
+    LabelRule,
+    MatrixRecord,
+    ModelCard,
+    SpineRule,
+)
+from sparkml_prod.runs.promotion import comparison_gate
 
-__all__ = ["TrainingRun", "run_training", "resolve_split", "comparison_gate"]
+__all__ = [
+    "TrainingPlan",
+    "TrainingRun",
+    "absolute_tables",
+    "plan_training",
+    "resolve_split",
+    "run_training",
+]
 
 log = logging.getLogger("sparkml_prod.runs.train")
+
+HEADLINE_METRICS = ("n", "base_rate", "roc_auc", "pr_auc", "log_loss", "brier")
 
 
 @dataclass
@@ -69,6 +96,17 @@ class TrainingRun:
     timings: dict[str, float]
     promoted_to: str | None
     promotion_note: str | None
+
+
+@dataclass
+class TrainingPlan:
+    """What the checks without data established: dates, candidates, stages, folds."""
+
+    split: TimeSplit
+    dates: dict[str, list[dt.datetime]]
+    candidates: list[dict[str, Any]]
+    stages: list[PipelineStage]
+    folds: list[BacktestFold]
 
 
 def resolve_split(split: SplitConfig) -> TimeSplit:
@@ -116,116 +154,35 @@ def _check_config(config: TrainConfig) -> None:
         )
 
 
-def _longest_window(stages: Sequence[Any]) -> str | None:
-    """The longest look-back of the feature stages (for scoring spines)."""
-    longest: tuple[int, str] | None = None
-    for stage in stages:
-        for param in ("windows", "lookback"):
-            if stage.hasParam(param) and stage.isDefined(stage.getParam(param)):
-                value = stage.getOrDefault(stage.getParam(param))
-                for window in value if isinstance(value, list) else [value]:
-                    micros = parse_window(window)
-                    if longest is None or micros > longest[0]:
-                        longest = (micros, window)
-    return longest[1] if longest else None
+def absolute_tables(config: TrainConfig) -> TrainConfig:
+    """The config with every table path made absolute (catalog names and URIs stay), so
+    the model's stages and card name the same tables from any working directory."""
+    absolute = lambda ref: table_path(ref) if is_path(ref) else ref  # noqa: E731
+    return dataclasses.replace(
+        config,
+        sources={name: absolute(ref) for name, ref in config.sources.items()},
+        matrix_table=absolute(config.matrix_table),
+    )
 
 
-def run_backtest(
-    matrix: DataFrame,
-    config: TrainConfig,
-    dates: Sequence[dt.datetime],
-    params: Mapping[str, Any],
-    features: Sequence[str],
-) -> dict[str, Any]:
-    """Rolling evaluation: for each backtest date, train on the snapshots whose label
-    windows end before it (the latest of them validates), test on that date."""
-    from sparkml_prod.modeling.evaluation import evaluate
-
-    horizon = dt.timedelta(microseconds=parse_window(config.label.horizon))
-    folds = []
-    for test_date in as_of_timestamps(config.backtest.test):
-        usable = [d for d in dates if d + horizon <= test_date]
-        validation = usable[-1] if usable else None
-        train = [d for d in usable if validation and d + horizon <= validation]
-        if validation is None or not train:
-            raise ConfigError(
-                f"backtest.test {test_date:%Y-%m-%d}: needs at least two earlier snapshots "
-                f"whose {config.label.horizon} label windows end before it (one trains, the "
-                "latest validates); add earlier training dates or drop this fold."
-            )
-        role = (
-            F.when(F.col("as_of") == timestamp_lit(test_date), "test")
-            .when(F.col("as_of") == timestamp_lit(validation), "validation")
-            .otherwise("train")
-        )
-        fold = matrix.where(instant_in("as_of", [*train, validation, test_date])).withColumn(
-            SPLIT_COL, role
-        )
-        fitted = fit_candidate(fold, config.model, features, params)
-        metrics = evaluate(fitted.transform(fold.where(F.col(SPLIT_COL) == "test")))
-        folds.append(
-            {
-                "test_as_of": f"{test_date:%Y-%m-%d}",
-                "validation_as_of": f"{validation:%Y-%m-%d}",
-                "train_snapshots": len(train),
-                "n": metrics["n"],
-                "base_rate": metrics["base_rate"],
-                "roc_auc": metrics["roc_auc"],
-                "pr_auc": metrics["pr_auc"],
-                "log_loss": metrics["log_loss"],
-            }
-        )
-    summary = {}
-    for key in ("roc_auc", "pr_auc", "log_loss"):
-        values = [f[key] for f in folds]
-        summary[key] = {
-            "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values),
-            "max": max(values),
-        }
-    return {"folds": folds, "summary": summary}
-
-
-def comparison_gate(
-    spark: SparkSession,
-    labelled_test: DataFrame,
-    candidate_metric: float | None,
-    metric: str,
-    margin: float,
-) -> Callable[[Any, Any], tuple[bool, str]]:
-    """A promotion gate: the candidate must beat the alias's current model by ``margin``
-    of ``metric`` on the same test snapshot (``labelled_test``: entity, as_of, label).
-
-    Both models score the raw test spine through their own full pipelines, so models
-    with different feature stages are compared fairly.
-    """
-    from sparkml_prod.modeling.evaluation import evaluate
-
-    higher = METRICS_HIGHER_IS_BETTER[metric]
-
-    def score(model_path: str) -> float:
-        model = PipelineModel.load(model_path)
-        return float(evaluate(model.transform(labelled_test))[metric])
-
-    def gate(candidate: Any, current: Any) -> tuple[bool, str]:
-        if current is None:
-            return True, "no current model holds the alias"
-        ours = candidate_metric if candidate_metric is not None else score(candidate.model_path)
-        theirs = score(current.model_path)
-        better = ours - theirs if higher else theirs - ours
-        verdict = (
-            f"test {metric}: candidate {candidate.name}/{candidate.version} {ours:.4f}, "
-            f"current {current.name}/{current.version} {theirs:.4f}, required margin {margin}"
-        )
-        return better >= margin, verdict
-
-    return gate
+def plan_training(spark: SparkSession, config: TrainConfig) -> TrainingPlan:
+    """Every check of a training run that reads no data (no Spark job runs)."""
+    require_utc_session(spark, "run_training")
+    _check_config(config)
+    split = resolve_split(config.split)
+    check_time_split(split, config.label.horizon)
+    dates = _dates_by_split(split, config.backtest.test)
+    candidates = check_model_config(config.model, config.search)
+    stages = load_feature_spec(config.feature_spec, sources=config.sources)
+    snapshots = sorted({d for ds in dates.values() for d in ds})
+    folds = plan_backtest(snapshots, as_of_timestamps(config.backtest.test), config.label.horizon)
+    check_model_resources(spark, config.model)
+    return TrainingPlan(split, dates, candidates, stages, folds)
 
 
 def _versions() -> dict[str, str]:
     out = {"sparkml_prod": __version__}
-    for package in ("pyspark", "xgboost-cpu", "xgboost", "delta-spark", "pandas"):
+    for package in ("pyspark", "xgboost-cpu", "xgboost", "delta-spark", "pandas", "pyarrow"):
         try:
             out[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
@@ -237,33 +194,107 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def _show(dates: Sequence[dt.datetime]) -> list[str]:
+    return [f"{d:%Y-%m-%d}" for d in dates]
+
+
+def _card(
+    config: TrainConfig,
+    plan: TrainingPlan,
+    built: TrainingMatrix,
+    search: SearchResult,
+    metrics: dict[str, Any],
+    backtest: dict[str, Any] | None,
+    complete_until: dt.datetime,
+    timings: dict[str, float],
+) -> ModelCard:
+    """The card of the new version (the registry fills in its identity and file hashes)."""
+    best = search.best
+    return ModelCard(
+        schema_version=CARD_SCHEMA_VERSION,
+        name=config.model_name,
+        version=0,
+        created_at="",
+        model_type=config.model.type,
+        model_description=model_description(config.model, best.params),
+        feature_names=built.feature_columns,
+        categorical_features=built.categorical_columns,
+        feature_stage_count=len(built.feature_model.stages),
+        spine=SpineRule(
+            source=source_ref(config, config.spine.source),
+            lookback=config.spine.lookback,
+            entity_col=config.spine.entity_col,
+            timestamp_col=config.spine.timestamp_col,
+            as_of_col="as_of",
+        ),
+        label=LabelRule(
+            source=source_ref(config, config.label.source),
+            filter=config.label.filter,
+            horizon=config.label.horizon,
+            kind=config.label.kind,
+            value_col=config.label.value_col,
+            entity_col=config.label.entity_col,
+            timestamp_col=config.label.timestamp_col,
+            complete_until=complete_until.replace(tzinfo=dt.timezone.utc).isoformat(),
+        ),
+        as_of_dates={name: _show(ds) for name, ds in plan.dates.items()},
+        input_schema=InputSchemas(spine=built.spine_schema, sources=built.source_schemas),
+        matrix=MatrixRecord(
+            table=built.table,
+            delta_version=built.version,
+            rows=built.rows,
+            content_hash=built.content_hash,
+            source_versions=built.source_versions,
+            rows_and_positives=built.counts,
+        ),
+        params=_jsonable(best.params),
+        best_iteration=best.best_iteration,
+        metrics={k: float(metrics[k]) for k in HEADLINE_METRICS},
+        search=_jsonable({"metric": search.metric, "log": search.log}),
+        backtest=_jsonable(backtest),
+        library_versions=_versions(),
+        training_config=_jsonable(dataclasses.asdict(config)),
+        timings_s={k: round(v, 1) for k, v in timings.items()},
+        pipeline_sha256={},
+    )
+
+
 def run_training(spark: SparkSession, config: TrainConfig) -> TrainingRun:
     """Train, evaluate, report and register one model version (see the module docs)."""
     from sparkml_prod.modeling.evaluation import BusinessValue, evaluate, score_histogram
     from sparkml_prod.modeling.report import write_report
-    from sparkml_prod.registry import ModelRegistry
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    _check_config(config)
-    require_utc_session(spark, "run_training")
-    split = resolve_split(config.split)
-    check_time_split(split, config.label.horizon)
-    dates = _dates_by_split(split, config.backtest.test)
-    label_source = config.sources.get(config.label.source, config.label.source)
+    config = absolute_tables(config)
+    plan = plan_training(spark, config)
+    registry = ModelRegistry(spark, config.registry_root, config.allowed_stage_classes)
+    # The versions every read of this run is pinned to, recorded before anything is read.
+    versions = source_versions(
+        spark,
+        {
+            **config.sources,
+            "spine": source_ref(config, config.spine.source),
+            "label": source_ref(config, config.label.source),
+        },
+    )
+    label_source = source_ref(config, config.label.source)
     complete_until = (
         naive_utc(config.label.complete_until)
         if config.label.complete_until
-        else labels_complete_until(spark, label_source, config.label.timestamp_col)
+        else labels_complete_until(
+            spark,
+            label_source,
+            config.label.timestamp_col,
+            source_version=versions.get(label_source),
+        )
     )
-    all_dates = sorted({d for ds in dates.values() for d in ds})
+    all_dates = sorted({d for ds in plan.dates.values() for d in ds})
     check_labels_complete(all_dates, config.label.horizon, complete_until, label_source)
-    check_model_resources(spark, config.model)
-    stages = load_feature_spec(config.feature_spec, sources=config.sources)
     timings["checks_s"] = time.perf_counter() - started
 
     t0 = time.perf_counter()
-    built: TrainingMatrix = build_training_matrix(spark, config, dates, stages)
+    built = build_training_matrix(spark, config, plan.dates, plan.stages, versions)
     timings["matrix_s"] = time.perf_counter() - t0
     log.info(
         "training matrix %s (Delta version %d): %s; %d features",
@@ -275,7 +306,9 @@ def run_training(spark: SparkSession, config: TrainConfig) -> TrainingRun:
     matrix = built.read(spark).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         t0 = time.perf_counter()
-        search = random_search(matrix, config.model, config.search, built.feature_columns)
+        search = random_search(
+            matrix, config.model, config.search.metric, plan.candidates, built.feature_columns
+        )
         timings["search_s"] = time.perf_counter() - t0
         best = search.best
 
@@ -300,8 +333,8 @@ def run_training(spark: SparkSession, config: TrainConfig) -> TrainingRun:
         )
         importance = feature_importance(best.model, built.feature_columns)
         backtest = (
-            run_backtest(matrix, config, all_dates, best.params, built.feature_columns)
-            if config.backtest.test
+            run_backtest(matrix, config.model, plan.folds, best.params, built.feature_columns)
+            if plan.folds
             else None
         )
         timings["evaluation_s"] = time.perf_counter() - t0
@@ -309,63 +342,31 @@ def run_training(spark: SparkSession, config: TrainConfig) -> TrainingRun:
         matrix.unpersist()
 
     final = PipelineModel(stages=[*built.feature_model.stages, *best.model.stages])
-    description = model_description(config.model, best.params)
-    show = lambda ds: [f"{d:%Y-%m-%d}" for d in ds]  # noqa: E731
-    data_section = {
-        "as_of": {name: show(ds) for name, ds in dates.items()},
-        "horizon": config.label.horizon,
-        "label_filter": config.label.filter,
-        "rows_and_positives": built.counts,
-        "matrix_table": built.table,
-        "matrix_delta_version": built.version,
-        "source_delta_versions": built.source_versions,
+    card = _card(config, plan, built, search, metrics, backtest, complete_until, timings)
+    extra: dict[str, object] = {
+        "Data": {
+            "as_of": card.as_of_dates,
+            "horizon": config.label.horizon,
+            "label_filter": config.label.filter,
+            "rows_and_positives": built.counts,
+            "matrix_table": built.table,
+            "matrix_delta_version": built.version,
+            "source_delta_versions": built.source_versions,
+        },
+        "Search log": search.log,
     }
-    extra: dict[str, object] = {"Data": data_section, "Search log": search.log}
     if backtest:
         extra["Backtest"] = backtest
     report_path = write_report(
         config.report_dir,
         metrics,
-        title=f"{config.model_name}: test snapshot {', '.join(show(split.test))}",
-        model_description=description,
+        title=f"{config.model_name}: test snapshot {', '.join(_show(plan.split.test))}",
+        model_description=card.model_description,
         train_histogram=train_histogram,
         feature_importance=importance,
         extra_sections=extra,
     )
-    metadata = _jsonable(
-        {
-            "model_type": config.model.type,
-            "model_description": description,
-            "params": best.params,
-            "best_iteration": best.best_iteration,
-            "versions": _versions(),
-            "config": dataclasses.asdict(config),
-            "as_of_dates": data_section["as_of"],
-            "horizon": config.label.horizon,
-            "label": dataclasses.asdict(config.label),
-            "input_schema": {"spine": built.spine_schema, "sources": built.source_schemas},
-            "spine": {
-                **dataclasses.asdict(config.spine),
-                "longest_window": _longest_window(stages),
-            },
-            "feature_names": built.feature_columns,
-            "categorical_features": built.categorical_columns,
-            "matrix": {
-                "table": built.table,
-                "delta_version": built.version,
-                "source_delta_versions": built.source_versions,
-            },
-            "rows_and_positives": built.counts,
-            "metrics": {
-                k: metrics[k] for k in ("n", "base_rate", "roc_auc", "pr_auc", "log_loss", "brier")
-            },
-            "search": {"metric": search.metric, "log": search.log},
-            "backtest": backtest,
-            "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        }
-    )
-    registry = ModelRegistry(spark, config.registry_root)
-    version = registry.register(config.model_name, final, metadata, report_dir=config.report_dir)
+    version = registry.register(config.model_name, final, card, report_dir=config.report_dir)
     promoted, note = None, None
     if config.promote_to:
         labelled_test = (
@@ -374,14 +375,12 @@ def run_training(spark: SparkSession, config: TrainConfig) -> TrainingRun:
             .select(config.spine.entity_col, "as_of", "label")
         )
         gate = comparison_gate(
-            spark,
+            registry,
             labelled_test,
             float(metrics[search.metric]),
             search.metric,
             config.promotion_margin,
         )
-        from sparkml_prod.core.errors import PromotionRefusedError
-
         try:
             registry.promote(config.model_name, version.version, config.promote_to, gate=gate)
             promoted, note = config.promote_to, f"promoted to {config.promote_to}"

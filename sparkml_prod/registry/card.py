@@ -1,0 +1,158 @@
+"""The model card: the typed, versioned contract between training, scoring and monitoring.
+
+Training writes one ``card.json`` into each model version's directory; scoring, promotion,
+rebuilds and monitoring read it back into :class:`ModelCard`. Every field is required: a
+card missing a field, with a field of the wrong type, with an unknown field, or of a
+schema version this library does not know is a :class:`~sparkml_prod.core.errors.
+ModelCardError` naming the model and the field, never a silent default.
+
+The registry assigns ``name``, ``version``, ``created_at`` and ``pipeline_sha256`` when it
+registers a card (see :meth:`sparkml_prod.registry.ModelRegistry.register`). Instants are
+UTC: dates are ``YYYY-MM-DD`` (midnight UTC), times ISO 8601 with ``+00:00``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from sparkml_prod.core.config import from_mapping
+from sparkml_prod.core.errors import ConfigError, ModelCardError
+
+__all__ = [
+    "CARD_FILE",
+    "CARD_SCHEMA_VERSION",
+    "InputSchemas",
+    "LabelRule",
+    "MatrixRecord",
+    "ModelCard",
+    "SpineRule",
+]
+
+CARD_FILE = "card.json"
+CARD_SCHEMA_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SpineRule:
+    """Who the model was trained on, and so who is scored by default: every entity of
+    ``source`` with an event in ``[as_of - lookback, as_of)``."""
+
+    source: str
+    lookback: str
+    entity_col: str
+    timestamp_col: str
+    as_of_col: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelRule:
+    """What the model predicts: events of ``source`` matching ``filter`` in
+    ``[as_of, as_of + horizon)``; labels were complete until ``complete_until`` (UTC)."""
+
+    source: str
+    filter: str | None
+    horizon: str
+    kind: str
+    value_col: str | None
+    entity_col: str
+    timestamp_col: str
+    complete_until: str
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSchemas:
+    """Column -> Spark SQL type of the spine and of every source table the model reads."""
+
+    spine: dict[str, str]
+    sources: dict[str, dict[str, str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class MatrixRecord:
+    """The training matrix as written, and what rebuilds it exactly.
+
+    ``source_versions`` are the Delta versions every read of training was pinned to
+    (None for a source without versions, such as a view); ``rows`` and ``content_hash``
+    (:func:`sparkml_prod.data.fingerprint.content_hash`) are what a rebuild must match.
+    """
+
+    table: str
+    delta_version: int
+    rows: int
+    content_hash: str
+    source_versions: dict[str, int | None]
+    rows_and_positives: dict[str, dict[str, int]]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCard:
+    """Everything known about one registered model version (see the module docs).
+
+    ``feature_names`` are the model's inputs in order: the feature stages' declared
+    outputs that are numeric, never "every numeric column" of the matrix.
+    ``feature_stage_count`` is how many leading stages of the saved pipeline are feature
+    stages (the rest are model stages). ``training_config`` is the training config as
+    run, so a retrain or a rebuild starts from exactly what was run.
+    """
+
+    schema_version: int
+    name: str
+    version: int
+    created_at: str
+    model_type: str
+    model_description: str
+    feature_names: list[str]
+    categorical_features: list[str]
+    feature_stage_count: int
+    spine: SpineRule
+    label: LabelRule
+    as_of_dates: dict[str, list[str]]
+    input_schema: InputSchemas
+    matrix: MatrixRecord
+    params: dict[str, Any]
+    best_iteration: int | None
+    metrics: dict[str, float]
+    search: dict[str, Any]
+    backtest: dict[str, Any] | None
+    library_versions: dict[str, str]
+    training_config: dict[str, Any]
+    timings_s: dict[str, float]
+    pipeline_sha256: dict[str, str]
+
+    @property
+    def label_ref(self) -> str:
+        """``name/version``, how messages name the model."""
+        return f"{self.name}/{self.version}"
+
+    def to_json(self) -> str:
+        """The card as JSON text (``card.json``)."""
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> ModelCard:
+        """Parse and check a card; ``where`` names the model and file in errors."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ModelCardError(f"The model card {where} is not valid JSON: {error}.") from None
+        return cls.from_dict(data, where)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> ModelCard:
+        """Check a parsed card against this schema version (see the module docs)."""
+        found = data.get("schema_version") if isinstance(data, dict) else None
+        if found != CARD_SCHEMA_VERSION:
+            raise ModelCardError(
+                f"The model card {where} has schema_version {found!r}; this version of "
+                f"sparkml-prod reads schema_version {CARD_SCHEMA_VERSION}. Score it with the "
+                "sparkml-prod release that trained it, or retrain the model."
+            )
+        try:
+            return from_mapping(data, cls, source=f"The model card {where}")
+        except ConfigError as error:
+            raise ModelCardError(
+                f"{error} The card is not one this library wrote: retrain the model, or "
+                "restore the file."
+            ) from None

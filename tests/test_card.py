@@ -1,0 +1,63 @@
+"""The model card: a typed round trip, and clear errors for a card this library cannot read."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from cards import make_card
+
+from sparkml_prod.core.errors import ModelCardError
+from sparkml_prod.registry.card import ModelCard
+
+WHERE = "of model m/3 ('/models/m/3/card.json')"
+
+
+def card_dict() -> dict:
+    return dataclasses.asdict(make_card(name="m", version=3))
+
+
+def test_a_card_round_trips_through_json_as_the_same_typed_object() -> None:
+    card = make_card(name="m", version=3, params={"max_depth": 4})
+    assert ModelCard.from_json(card.to_json(), WHERE) == card
+    assert card.label_ref == "m/3"
+
+
+def test_an_unknown_schema_version_names_the_model_and_the_versions() -> None:
+    data = {**card_dict(), "schema_version": 7}
+    with pytest.raises(ModelCardError) as raised:
+        ModelCard.from_json(json.dumps(data), WHERE)
+    assert str(raised.value) == (
+        "The model card of model m/3 ('/models/m/3/card.json') has schema_version 7; this "
+        "version of sparkml-prod reads schema_version 1. Score it with the sparkml-prod "
+        "release that trained it, or retrain the model."
+    )
+
+
+def test_a_missing_field_is_named_with_the_model() -> None:
+    data = card_dict()
+    del data["matrix"]["content_hash"]
+    with pytest.raises(ModelCardError) as raised:
+        ModelCard.from_dict(data, WHERE)
+    assert str(raised.value) == (
+        "The model card of model m/3 ('/models/m/3/card.json'): missing required key "
+        "'matrix.content_hash' (a string). The card is not one this library wrote: retrain "
+        "the model, or restore the file."
+    )
+
+
+def test_a_field_of_the_wrong_type_is_named_with_the_model() -> None:
+    data = {**card_dict(), "feature_names": "event_count_7d"}
+    with pytest.raises(ModelCardError) as raised:
+        ModelCard.from_dict(data, WHERE)
+    assert str(raised.value) == (
+        "The model card of model m/3 ('/models/m/3/card.json'): key 'feature_names' must be "
+        "a list of a string, got str 'event_count_7d'. The card is not one this library "
+        "wrote: retrain the model, or restore the file."
+    )
+
+
+def test_a_card_that_is_not_json_is_refused() -> None:
+    with pytest.raises(ModelCardError, match=r"^The model card of model m/3 .* is not valid"):
+        ModelCard.from_json("{", WHERE)
