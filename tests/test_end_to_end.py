@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from chispa import assert_approx_df_equality, assert_df_equality
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from standalone import log_tail
@@ -80,7 +82,7 @@ def trained(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Tr
         "spine": {"source": "events", "lookback": "30d"},
         "label": {"source": "events", "filter": "event_type = 'purchase'", "horizon": "30d"},
         "split": {
-            "train": {"start": dt.date(2023, 4, 1), "end": dt.date(2023, 5, 13), "every": "14d"},
+            "train": {"start": dt.date(2023, 3, 18), "end": dt.date(2023, 5, 1), "every": "14d"},
             "validation": [dt.date(2023, 6, 1)],
             "test": [dt.date(2023, 7, 1)],
         },
@@ -197,9 +199,21 @@ def test_a_rebuild_after_new_events_equals_the_recorded_matrix_and_a_vacuumed_so
         spark.sql(f"VACUUM delta.`{events}` RETAIN 0 HOURS")
     finally:
         spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "true")
+    latest = DeltaTable.forPath(spark, events).history(1).head()["version"]
     assert main(["models", "rebuild", "m/1", *registry]) == 3
     message = capsys.readouterr().err
-    assert message.startswith(f"sparkml-prod models: error: Table '{events}' version 0 ")
+    assert message.startswith(
+        f"sparkml-prod models: error: Table '{events}' version 0 can no longer be read "
+        "exactly: its data file '"
+    )
+    assert message.endswith(
+        "' was removed from the table after version 0 and has since been deleted (vacuumed). "
+        f"The log still has versions 0..{latest}, but VACUUM deletes the files of replaced "
+        "versions once they are older than its retention. To keep versions readable for "
+        "rebuilds, set "
+        "the table property delta.deletedFileRetentionDuration to a longer interval and never "
+        "VACUUM with a shorter retention.\n"
+    )
     with pytest.raises(SourceVersionError):
         main(["models", "rebuild", "m/1", *registry, "--debug"])
 
@@ -253,15 +267,25 @@ def refused(spark: SparkSession, trained: Trained, root: Path, tmp_path: Path) -
     return str(raised.value)
 
 
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_a_changed_file_refuses_to_load(
     spark: SparkSession, trained: Trained, tmp_path: Path
 ) -> None:
     root, model_dir = copied_model(trained, tmp_path)
     params = stage_metadata(model_dir, ".WindowAggregates")
+    registered = sha256(params)
     rewrite(params, params.read_text().replace('"7d"', '"8d"'))
-    relative = params.relative_to(model_dir).as_posix()
-    message = refused(spark, trained, root, tmp_path)
-    assert "m/1" in message and relative in message, message
+    assert refused(spark, trained, root, tmp_path) == (
+        f"Model 'm/1' at '{model_dir}' does not match the files recorded when it was "
+        "registered; nothing was loaded.\n"
+        f"  changed: {params.relative_to(model_dir).as_posix()} (expected sha256 "
+        f"{registered}, found sha256 {sha256(params)})\n"
+        "Re-register the model from training, or restore the model directory as registered "
+        "(put back the changed and missing files, delete the unexpected ones)."
+    )
 
 
 def test_a_stage_class_outside_the_allowlist_refuses_to_load(
@@ -273,8 +297,16 @@ def test_a_stage_class_outside_the_allowlist_refuses_to_load(
     metadata["class"] = "evil.payload.Recency"
     rewrite(params, json.dumps(metadata))
     rehash(spark, root, model_dir)
-    message = refused(spark, trained, root, tmp_path)
-    assert "evil.payload.Recency" in message, message
+    stage = params.parent.parent.relative_to(model_dir).as_posix()
+    assert refused(spark, trained, root, tmp_path) == (
+        f"Model 'm/1': the stage in '{stage}' names class 'evil.payload.Recency' "
+        f"('{params.relative_to(model_dir).as_posix()}'), which is not on the allowlist of "
+        "loadable classes: pyspark.ml.*, org.apache.spark.ml.*, xgboost.spark.*, "
+        "sparkml_prod.*; nothing was loaded. PipelineModel.load would import that class "
+        "and run its code. If the class is yours and trusted, add it (or its package "
+        "prefix, ending in '.') to the configured allowlist (extra_allowed); otherwise "
+        "re-register the model from training."
+    )
 
 
 def test_serialized_callbacks_refuse_to_load(
@@ -286,5 +318,12 @@ def test_serialized_callbacks_refuse_to_load(
     metadata["serialized_callbacks"] = "gAWVAAAAAAAAAAA="
     rewrite(params, json.dumps(metadata))
     rehash(spark, root, model_dir)
-    message = refused(spark, trained, root, tmp_path)
-    assert "callbacks" in message, message
+    stage = params.parent.parent.relative_to(model_dir).as_posix()
+    assert refused(spark, trained, root, tmp_path) == (
+        f"Model 'm/1': the stage in '{stage}' (class "
+        "'xgboost.spark.estimator.SparkXGBClassifierModel') carries 'serialized_callbacks' "
+        f"in its metadata ('{params.relative_to(model_dir).as_posix()}'). XGBoost callbacks "
+        "are saved as pickled code (cloudpickle) that loading would run, so they are "
+        "refused; nothing was loaded. Train the model without callbacks (drop 'callbacks' "
+        "from the model params) and register it again."
+    )
