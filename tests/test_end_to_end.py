@@ -29,7 +29,7 @@ from submit import package_zip, submit_local
 from sparkml_prod.cli import main
 from sparkml_prod.core.config import ScoreConfig, TrainConfig, from_mapping
 from sparkml_prod.core.errors import ModelIntegrityError, SourceVersionError
-from sparkml_prod.core.tables import read_table, table_exists, write_table
+from sparkml_prod.core.tables import read_table, write_table
 from sparkml_prod.data.synthetic import SyntheticSpec, generate_events, generate_user_attributes
 from sparkml_prod.registry import ModelRegistry
 from sparkml_prod.registry.card import CARD_FILE
@@ -257,13 +257,25 @@ def rehash(spark: SparkSession, root: Path, model_dir: Path) -> None:
     rewrite(card_path, json.dumps(card))
 
 
-def refused(spark: SparkSession, trained: Trained, root: Path, tmp_path: Path) -> str:
-    """The ModelIntegrityError of scoring the tampered model; the scores table stays as it was."""
+@pytest.fixture(scope="module")
+def served(spark: SparkSession, trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A scores table the untampered model wrote: what a tampered model must not touch."""
+    output = str(tmp_path_factory.mktemp("served") / "scores")
+    run_scoring(spark, from_mapping(score_config(trained, output), ScoreConfig), SCORE_AS_OF)
+    return output
+
+
+def refused(spark: SparkSession, trained: Trained, root: Path, tmp_path: Path, served: str) -> str:
+    """The ModelIntegrityError of scoring with the tampered model into a copy of the served
+    scores table; the table is left exactly as it was."""
     output = str(tmp_path / "scores")
+    shutil.copytree(served, output)
+    before = read_table(spark, output).collect()
     config = from_mapping(score_config(trained, output, registry_root=str(root)), ScoreConfig)
     with pytest.raises(ModelIntegrityError) as raised:
         run_scoring(spark, config, SCORE_AS_OF)
-    assert not table_exists(spark, output)
+    after = read_table(spark, output)
+    assert_df_equality(after, spark.createDataFrame(before, after.schema), ignore_row_order=True)
     return str(raised.value)
 
 
@@ -272,13 +284,13 @@ def sha256(path: Path) -> str:
 
 
 def test_a_changed_file_refuses_to_load(
-    spark: SparkSession, trained: Trained, tmp_path: Path
+    spark: SparkSession, trained: Trained, tmp_path: Path, served: str
 ) -> None:
     root, model_dir = copied_model(trained, tmp_path)
     params = stage_metadata(model_dir, ".WindowAggregates")
     registered = sha256(params)
     rewrite(params, params.read_text().replace('"7d"', '"8d"'))
-    assert refused(spark, trained, root, tmp_path) == (
+    assert refused(spark, trained, root, tmp_path, served) == (
         f"Model 'm/1' at '{model_dir}' does not match the files recorded when it was "
         "registered; nothing was loaded.\n"
         f"  changed: {params.relative_to(model_dir).as_posix()} (expected sha256 "
@@ -289,7 +301,7 @@ def test_a_changed_file_refuses_to_load(
 
 
 def test_a_stage_class_outside_the_allowlist_refuses_to_load(
-    spark: SparkSession, trained: Trained, tmp_path: Path
+    spark: SparkSession, trained: Trained, tmp_path: Path, served: str
 ) -> None:
     root, model_dir = copied_model(trained, tmp_path)
     params = stage_metadata(model_dir, ".Recency")
@@ -298,7 +310,7 @@ def test_a_stage_class_outside_the_allowlist_refuses_to_load(
     rewrite(params, json.dumps(metadata))
     rehash(spark, root, model_dir)
     stage = params.parent.parent.relative_to(model_dir).as_posix()
-    assert refused(spark, trained, root, tmp_path) == (
+    assert refused(spark, trained, root, tmp_path, served) == (
         f"Model 'm/1': the stage in '{stage}' names class 'evil.payload.Recency' "
         f"('{params.relative_to(model_dir).as_posix()}'), which is not on the allowlist of "
         "loadable classes: pyspark.ml.*, org.apache.spark.ml.*, xgboost.spark.*, "
@@ -310,7 +322,7 @@ def test_a_stage_class_outside_the_allowlist_refuses_to_load(
 
 
 def test_serialized_callbacks_refuse_to_load(
-    spark: SparkSession, trained: Trained, tmp_path: Path
+    spark: SparkSession, trained: Trained, tmp_path: Path, served: str
 ) -> None:
     root, model_dir = copied_model(trained, tmp_path)
     params = stage_metadata(model_dir, "SparkXGBClassifierModel")
@@ -319,7 +331,7 @@ def test_serialized_callbacks_refuse_to_load(
     rewrite(params, json.dumps(metadata))
     rehash(spark, root, model_dir)
     stage = params.parent.parent.relative_to(model_dir).as_posix()
-    assert refused(spark, trained, root, tmp_path) == (
+    assert refused(spark, trained, root, tmp_path, served) == (
         f"Model 'm/1': the stage in '{stage}' (class "
         "'xgboost.spark.estimator.SparkXGBClassifierModel') carries 'serialized_callbacks' "
         f"in its metadata ('{params.relative_to(model_dir).as_posix()}'). XGBoost callbacks "

@@ -80,7 +80,7 @@ EVENTS = [
 ]
 EVENTS_SCHEMA = "user_id long, event_time timestamp, event_type string"
 SCORE_SQL = "SELECT *, 1.0D / (1.0D + event_count_7d) AS score FROM __THIS__"
-ZONES = {"UTC": 0.0, "Asia/Tokyo": 9.0, "America/New_York": -4.0}  # offset on 2024-03-17
+ZONES = {"Asia/Tokyo": 9.0, "America/New_York": -4.0}  # offsets on 2024-03-17
 REFUSED = (
     "{owner} needs a UTC session time zone, but spark.sql.session.timeZone is "
     "'America/New_York': timestamp_ntz and date columns, and the date of a scores "

@@ -5,14 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from chispa import assert_approx_df_equality
-from pyspark.ml import PipelineModel
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from spark_jobs import no_job_runs
@@ -123,38 +119,7 @@ def test_training_end_to_end(spark: SparkSession, tables: dict[str, str], tmp_pa
     assert card.spine == SpineRule(tables["events"], "90d", "user_id", "event_time", "as_of")
     assert card.feature_stage_count == 5
 
-    # One artefact: the registered PipelineModel scores a raw spine (user_id, as_of only),
-    # in a fresh Python process as a scoring job would, with the in-memory model's scores.
-    spine = test_rows.select("user_id", "as_of").limit(300)
-    spine_path = str(tmp_path / "raw_spine")
-    write_table(spine, spine_path)
-    scored_path = str(tmp_path / "scored_fresh")
-    script = (
-        "import sys\n"
-        "from pyspark.ml import PipelineModel\n"
-        "from sparkml_prod.core.session import get_spark\n"
-        "spark = get_spark('fresh-scoring', master='local[1]', ui=False)\n"
-        "model = PipelineModel.load(sys.argv[1])\n"
-        "spine = spark.read.format('delta').load(sys.argv[2])\n"
-        "model.transform(spine).select('user_id', 'as_of', 'score')"
-        ".write.format('delta').save(sys.argv[3])\n"
-    )
-    subprocess.run(
-        [sys.executable, "-c", script, version.model_path, spine_path, scored_path],
-        check=True,
-        cwd=tmp_path,
-        timeout=600,
-    )
-    in_memory = PipelineModel.load(version.model_path).transform(
-        spark.read.format("delta").load(spine_path)
-    )
-    assert_approx_df_equality(
-        spark.read.format("delta").load(scored_path),
-        in_memory.select("user_id", "as_of", "score"),
-        precision=1e-6,
-        ignore_row_order=True,
-        ignore_nullable=True,
-    )
+    # One artefact, scored in another process with spark-submit: tests/test_end_to_end.py.
 
     # A new version must beat production on the same test snapshot by the margin; the
     # same model scores the same, so a positive margin refuses it and production stays.
