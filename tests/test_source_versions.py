@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from chispa import assert_df_equality
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import SQLTransformer
 from pyspark.sql import DataFrame, SparkSession
+from spark_jobs import no_job_runs
 
 from sparkml_prod.core.errors import SourceVersionError
 from sparkml_prod.core.tables import _z85_uuid, read_table, table_versions, write_table
@@ -69,19 +68,6 @@ def aggregates(source: str, version: int | None = None) -> WindowAggregates:
         filters={"purchase": "event_type = 'purchase'"},
         aggregations=[{"agg": "count"}, {"agg": "sum", "column": "amount", "filter": "purchase"}],
     )
-
-
-def no_job_runs(spark: SparkSession, action: Callable[[], Any]) -> Exception:
-    """Run ``action``, which must raise; prove no Spark job started before it did."""
-    tracker = spark.sparkContext.statusTracker()
-    spark.sparkContext.setJobGroup("pinned-version", "a bad version must fail before any job")
-    try:
-        with pytest.raises(Exception) as err:
-            action()
-    finally:
-        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
-    assert tracker.getJobIdsForGroup("pinned-version") == []
-    return err.value
 
 
 def test_pinned_window_aggregates_ignore_appended_events(
