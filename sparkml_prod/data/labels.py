@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from sparkml_prod.core.config import Schedule, SplitConfig
 from sparkml_prod.core.errors import LeakageError, TrainingDataError
 from sparkml_prod.core.tables import NUMERIC, read_table, require_columns
 from sparkml_prod.core.time import (
@@ -39,6 +40,7 @@ from sparkml_prod.core.time import (
     require_utc_session,
     spine_time_range,
 )
+from sparkml_prod.data.spine import as_of_schedule, as_of_timestamps
 from sparkml_prod.features.params import check_filters, exclude_null_keys
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "check_labels_complete",
     "check_time_split",
     "labels_complete_until",
+    "resolve_split",
 ]
 
 LABEL_KINDS = ("binary", "count", "sum")
@@ -232,3 +235,17 @@ def add_labels(
     label = F.when(found > 0, 1.0).otherwise(0.0) if kind == "binary" else found
     known = F.col(f"s.`{entity_col}`").isNotNull() & F.col(f"s.`{as_of_col}`").isNotNull()
     return joined.select("s.*", F.when(known, label).alias(label_col))
+
+
+def resolve_split(split: SplitConfig) -> TimeSplit:
+    """The split's as-of instants (a training schedule expanded)."""
+    train = (
+        as_of_schedule(split.train.start, split.train.end, split.train.every)
+        if isinstance(split.train, Schedule)
+        else as_of_timestamps(split.train)
+    )
+    return TimeSplit(
+        train=tuple(train),
+        validation=tuple(as_of_timestamps(split.validation)),
+        test=tuple(as_of_timestamps(split.test)),
+    )

@@ -10,6 +10,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from sparkml_prod.core.config import TrainConfig
+from sparkml_prod.data.labels import resolve_split
 from sparkml_prod.data.matrix import SPLIT_COL, labelled_spine
 from sparkml_prod.modeling.evaluation import evaluate
 from sparkml_prod.modeling.training import METRICS_HIGHER_IS_BETTER
@@ -20,8 +21,6 @@ __all__ = ["comparison_gate", "labelled_test_snapshot"]
 
 def labelled_test_snapshot(registry: ModelRegistry, config: TrainConfig) -> DataFrame:
     """``(entity, as_of, label)`` of the config's test dates, cached (both models score it)."""
-    from sparkml_prod.runs.train import resolve_split
-
     test = {"test": list(resolve_split(config.split).test)}
     labelled = labelled_spine(registry.spark, config, test).where(F.col(SPLIT_COL) == "test")
     return labelled.select(config.spine.entity_col, "as_of", "label").cache()

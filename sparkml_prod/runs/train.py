@@ -30,7 +30,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from sparkml_prod._version import __version__
-from sparkml_prod.core.config import Schedule, SplitConfig, TrainConfig
+from sparkml_prod.core.config import TrainConfig
 from sparkml_prod.core.errors import ConfigError, PromotionRefusedError
 from sparkml_prod.core.tables import is_path, table_path
 from sparkml_prod.core.time import naive_utc, require_utc_session
@@ -39,6 +39,7 @@ from sparkml_prod.data.labels import (
     check_labels_complete,
     check_time_split,
     labels_complete_until,
+    resolve_split,
 )
 from sparkml_prod.data.matrix import (
     SPLIT_COL,
@@ -47,7 +48,7 @@ from sparkml_prod.data.matrix import (
     source_ref,
     source_versions,
 )
-from sparkml_prod.data.spine import as_of_schedule, as_of_timestamps
+from sparkml_prod.data.spine import as_of_timestamps
 from sparkml_prod.features import load_feature_spec
 from sparkml_prod.features.spec import PipelineStage
 from sparkml_prod.modeling.backtest import BacktestFold, plan_backtest, run_backtest
@@ -75,7 +76,6 @@ __all__ = [
     "TrainingRun",
     "absolute_tables",
     "plan_training",
-    "resolve_split",
     "run_training",
 ]
 
@@ -107,20 +107,6 @@ class TrainingPlan:
     candidates: list[dict[str, Any]]
     stages: list[PipelineStage]
     folds: list[BacktestFold]
-
-
-def resolve_split(split: SplitConfig) -> TimeSplit:
-    """The split's as-of instants (a training schedule expanded)."""
-    train = (
-        as_of_schedule(split.train.start, split.train.end, split.train.every)
-        if isinstance(split.train, Schedule)
-        else as_of_timestamps(split.train)
-    )
-    return TimeSplit(
-        train=tuple(train),
-        validation=tuple(as_of_timestamps(split.validation)),
-        test=tuple(as_of_timestamps(split.test)),
-    )
 
 
 def _dates_by_split(split: TimeSplit, backtest: Sequence[dt.date]) -> dict[str, list[dt.datetime]]:
