@@ -21,6 +21,7 @@ __all__ = [
     "ModelIntegrityError",
     "ModelCardError",
     "RebuildMismatchError",
+    "MonitoringAlertError",
 ]
 
 
@@ -29,7 +30,8 @@ class SparkmlProdError(Exception):
 
     ``exit_code`` is what the command line (and so a ``spark-submit`` job) exits with
     when the error stops it: 2 config, 3 input data, 4 cluster capacity, 5 refused
-    promotion, 6 model registry; 1 for any other error of the library.
+    promotion, 6 model registry, 7 a monitoring alert the job was told to fail on; 1 for
+    any other error of the library.
     """
 
     exit_code = 1
@@ -116,3 +118,10 @@ class RebuildMismatchError(SparkmlProdError, RuntimeError):
     """A rebuilt training matrix that differs from the one its model card records."""
 
     exit_code = 3
+
+
+class MonitoringAlertError(SparkmlProdError, RuntimeError):
+    """A monitoring run measured at least one metric at or past its alert threshold, and the
+    job was configured with ``fail_on_alert``; the message lists each alert."""
+
+    exit_code = 7
