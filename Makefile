@@ -7,8 +7,10 @@ JARS := $(VENV)/.delta-jars
 # Delta's Maven artifact for this Spark line; Ivy reads ~/.m2 first, so Maven can fill it.
 DELTA_ARTIFACT := io.delta:delta-spark_4.2_2.13:4.4.0
 PYTEST_ARGS ?=
-# Where `make demo` submits the scoring job (e.g. MASTER=spark://127.0.0.1:7077), and its date.
+# Where `make demo` submits the scoring job (e.g. MASTER=spark://127.0.0.1:7077), and its
+# dates: a first one before the drift that conf/generate.yaml injects, a second one after.
 MASTER ?= local[2]
+FIRST_AS_OF ?= 2024-06-01
 SCORE_AS_OF ?= 2024-07-01
 SUBMIT := PYSPARK_PYTHON=$(abspath $(PY)) PYSPARK_DRIVER_PYTHON=$(abspath $(PY)) \
 	$(VENV)/bin/spark-submit --master '$(MASTER)' --packages $(DELTA_ARTIFACT) \
@@ -56,7 +58,11 @@ demo: setup dist
 	$(VENV)/bin/sparkml-prod generate --config conf/generate.yaml
 	$(VENV)/bin/sparkml-prod features --config conf/features_job.yaml
 	$(VENV)/bin/sparkml-prod train --config conf/train.yaml
+	$(SUBMIT) jobs/score.py --config conf/score.yaml --as-of $(FIRST_AS_OF)
 	$(SUBMIT) jobs/score.py --config conf/score.yaml --as-of $(SCORE_AS_OF) --show 5
+	$(VENV)/bin/sparkml-prod monitor --config conf/monitor.yaml --as-of $(FIRST_AS_OF)
+	$(VENV)/bin/sparkml-prod monitor --config conf/monitor.yaml --as-of $(SCORE_AS_OF)
+	$(VENV)/bin/sparkml-prod monitor report --config conf/monitor.yaml
 	@echo "Delta tables under $(CURDIR)/demo-output/tables, models under $(CURDIR)/demo-output/models"
 
 test: setup

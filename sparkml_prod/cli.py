@@ -10,10 +10,12 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from sparkml_prod.core.config import (
     FeaturesConfig,
     GenerateConfig,
+    MonitorConfig,
     ScoreConfig,
     TrainConfig,
     load_config,
@@ -47,6 +49,8 @@ def generate_tables(config: GenerateConfig) -> dict[str, int]:
         end=config.end,
         seed=config.seed,
         events_per_user_per_day=config.events_per_user_per_day,
+        drift_from=config.drift_from,
+        drift_amount_factor=config.drift_amount_factor,
     )
     counts = {}
     for ref, build in (
@@ -142,6 +146,46 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _monitor(args: argparse.Namespace) -> int:
+    from sparkml_prod.core.session import get_spark
+
+    config = load_config(args.config, MonitorConfig)
+    spark = get_spark("sparkml-prod-monitor")
+    if args.action == "report":
+        from sparkml_prod.monitoring.dashboard import write_dashboard
+        from sparkml_prod.registry import ModelRegistry
+
+        if not config.dashboard_dir:
+            raise ConfigError(f"{args.config}: 'monitor report' needs dashboard_dir.")
+        registry = ModelRegistry(spark, config.registry_root, config.allowed_stage_classes)
+        path = write_dashboard(
+            spark,
+            config.history_table,
+            config.model_name,
+            config.dashboard_dir,
+            reference_score=_reference_score(registry, config.model_name),
+        )
+        print(f"dashboard: {path}")
+        return 0
+    from sparkml_prod.monitoring.history import format_summary
+    from sparkml_prod.runs.monitor import run_monitoring
+
+    as_of = args.as_of or dt.datetime.now(dt.timezone.utc).date()
+    run = run_monitoring(spark, config, as_of)  # fail_on_alert: MonitoringAlertError, 7
+    print(f"monitoring run {run.run_id}: {len(run.records)} measurements in {run.seconds:.1f}s")
+    print(format_summary(run.records))
+    return 0
+
+
+def _reference_score(registry: Any, model_name: str) -> Any:
+    """The latest version's reference score bins (edges, shares), for the dashboard."""
+    from sparkml_prod.monitoring.profile import ReferenceProfile
+
+    card = registry.versions(model_name)[-1].card
+    score = ReferenceProfile.from_dict(card.reference_profile).score
+    return None if score is None else (list(score.edges), list(score.shares))
+
+
 def _models(args: argparse.Namespace) -> int:
     from sparkml_prod.core.session import get_spark
     from sparkml_prod.registry import ModelRegistry, format_versions
@@ -215,6 +259,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.add_argument("--show", type=int, default=0, help="print this many output rows")
     score.set_defaults(run=_score)
+    monitor = command("monitor", help="drift, realised performance and impact into the history")
+    monitor.add_argument(
+        "action",
+        nargs="?",
+        choices=["run", "report"],
+        default="run",
+        help="run (default): monitor the scores of --as-of; report: write the dashboard",
+    )
+    monitor.add_argument("--config", required=True, help="YAML file (see conf/monitor.yaml)")
+    monitor.add_argument(
+        "--as-of", type=_as_of, default=None, help="the scored date (default: today, UTC)"
+    )
+    monitor.set_defaults(run=_monitor)
     models = command("models", help="list, show, promote or rebuild registered models")
     models.add_argument("action", choices=["list", "show", "promote", "rebuild"])
     models.add_argument("name", nargs="?", help="model: name, name/3 or name@alias")
@@ -243,8 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Exit codes: 0 done, 2 a config or usage error, 3 input data (schema, leakage, labels,
     an empty result, a rebuild that differs), 4 cluster capacity, 5 a refused promotion,
-    6 the model registry (unknown model, a bad card, a tampered model), 1 any other
-    library error. ``--debug`` shows the traceback instead.
+    6 the model registry (unknown model, a bad card, a tampered model), 7 a monitoring
+    alert with ``fail_on_alert``, 1 any other library error. ``--debug`` shows the
+    traceback instead.
     """
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

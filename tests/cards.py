@@ -77,6 +77,7 @@ def make_card(
         "library_versions": {},
         "training_config": {},
         "timings_s": {},
+        "reference_profile": {},
         "pipeline_sha256": {},
     }
     values.update(fields)

@@ -27,13 +27,14 @@ from standalone import log_tail
 from submit import package_zip, submit_local
 
 from sparkml_prod.cli import main
-from sparkml_prod.core.config import ScoreConfig, TrainConfig, from_mapping
+from sparkml_prod.core.config import MonitorConfig, ScoreConfig, TrainConfig, from_mapping
 from sparkml_prod.core.errors import ModelIntegrityError, SourceVersionError
 from sparkml_prod.core.tables import read_table, write_table
 from sparkml_prod.data.synthetic import SyntheticSpec, generate_events, generate_user_attributes
 from sparkml_prod.registry import ModelRegistry
 from sparkml_prod.registry.card import CARD_FILE
 from sparkml_prod.registry.loading import pipeline_file_hashes
+from sparkml_prod.runs.monitor import MonitoringRun, run_monitoring
 from sparkml_prod.runs.score import run_scoring
 from sparkml_prod.runs.train import run_training
 
@@ -339,3 +340,71 @@ def test_serialized_callbacks_refuse_to_load(
         "refused; nothing was loaded. Train the model without callbacks (drop 'callbacks' "
         "from the model params) and register it again."
     )
+
+
+def test_monitoring_finds_the_injected_drift_and_evaluates_the_first_date_once_labelled(
+    spark: SparkSession, trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = dt.date(2023, 6, 20), SCORE_AS_OF  # labels of the second are not complete
+    tables = {name: str(tmp_path / name) for name in ("scores", "features", "history", "events")}
+    # Drift: from July on every event happens twice, so the 7-day counts of the second date
+    # double; the plan (a user attribute) is untouched.
+    events = read_table(spark, trained.events)
+    july = F.col("event_time") >= F.lit("2023-07-01 00:00:00").cast("timestamp")
+    write_table(events.unionByName(events.where(july)), tables["events"])
+    scoring = {
+        "features_table": tables["features"],
+        "holdout": {"share": 0.3, "salt": "e2e"},
+    }
+    for day, sources in ((first, {}), (second, {trained.events: tables["events"]})):
+        config = score_config(trained, tables["scores"], sources=sources, **scoring)
+        run_scoring(spark, from_mapping(config, ScoreConfig), day)
+    settings = {
+        "model_name": "m",
+        "registry_root": str(trained.root / "models"),
+        "scores_table": tables["scores"],
+        "features_table": tables["features"],
+        "history_table": tables["history"],
+        "dashboard_dir": str(tmp_path / "dashboard"),
+    }
+    monitor = from_mapping(settings, MonitorConfig)
+    early = run_monitoring(spark, monitor, first)
+    late = run_monitoring(spark, monitor, second)
+
+    def status(run: MonitoringRun, metric: str, feature: str | None, day: dt.date) -> str:
+        (found,) = [
+            r for r in run.records if (r.metric, r.feature, r.as_of) == (metric, feature, day)
+        ]
+        return found.status
+
+    assert status(early, "psi", "event_count_7d", first) == "ok"
+    assert status(late, "psi", "event_count_7d", second) == "alert"
+    assert status(late, "psi", "plan_index", second) == "ok"
+    # The first date's labels were complete at its own run; the second's are pending.
+    assert status(early, "roc_auc", None, first) == "ok"
+    assert [r.as_of for r in late.records if r.metric == "roc_auc"] == [second]
+    (pending,) = [r for r in late.records if r.metric == "roc_auc"]
+    assert (pending.status, json.loads(pending.detail or "{}")["evaluable_on"]) == (
+        "pending",
+        "2023-08-19",
+    )
+    assert any(r.metric == "uplift" and r.feature is None for r in early.records)
+
+    # A rerun of a monitoring run replaces its rows: exactly one set per run id.
+    history = read_table(spark, tables["history"])
+    counts = {r["run_id"]: r["count"] for r in history.groupBy("run_id").count().collect()}
+    run_monitoring(spark, monitor, second)
+    history = read_table(spark, tables["history"])
+    assert {r["run_id"]: r["count"] for r in history.groupBy("run_id").count().collect()} == (
+        counts
+    )
+    assert counts == {"m@2023-06-20": len(early.records), "m@2023-07-20": len(late.records)}
+
+    # fail_on_alert: the job exits with the monitoring code and prints the alerts.
+    config_file = tmp_path / "monitor.yaml"
+    config_file.write_text(yaml.safe_dump({**settings, "fail_on_alert": True}))
+    assert main(["monitor", "--config", str(config_file), "--as-of", str(second)]) == 7
+    assert "event_count_7d" in capsys.readouterr().err
+    assert main(["monitor", "report", "--config", str(config_file)]) == 0
+    dashboard = capsys.readouterr().out.strip().removeprefix("dashboard: ")
+    assert Path(dashboard).read_text().count("data:image/png;base64,") >= 4

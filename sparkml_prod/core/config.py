@@ -36,8 +36,11 @@ __all__ = [
     "BacktestConfig",
     "TrainConfig",
     "ChallengerConfig",
+    "HoldoutConfig",
     "ScoringSpineConfig",
     "ScoreConfig",
+    "DriftThresholdsConfig",
+    "MonitorConfig",
 ]
 
 T = TypeVar("T")
@@ -196,6 +199,8 @@ class GenerateConfig:
     end: dt.date = dt.date(2024, 7, 1)
     seed: int = 42
     events_per_user_per_day: float = 0.3
+    drift_from: dt.date | None = None
+    drift_amount_factor: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,6 +370,16 @@ class ChallengerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class HoldoutConfig:
+    """A ``share`` of users (by a hash of ``salt`` and the id, independent of the variant
+    split) flagged ``holdout``: the action is not taken for them, so monitoring can
+    measure its impact."""
+
+    share: float
+    salt: str = "holdout"
+
+
+@dataclasses.dataclass(frozen=True)
 class ScoringSpineConfig:
     """Who is scored: every entity of ``users_table``, or by default the model's training
     spine rule (its model card): every entity with an event of ``source`` in ``lookback``
@@ -381,7 +396,9 @@ class ScoreConfig:
 
     ``sources`` maps a table the model was trained on to the table to read instead
     (e.g. a production copy); ``allow_empty`` lets an empty result replace the partition;
-    ``allowed_stage_classes`` as for :class:`TrainConfig`.
+    ``allowed_stage_classes`` as for :class:`TrainConfig`; ``holdout`` flags users the
+    action skips; ``features_table`` also keeps every scored row's features (partitioned
+    by ``as_of``, replaced like the scores) for drift monitoring.
     """
 
     model: str
@@ -391,4 +408,46 @@ class ScoreConfig:
     spine: ScoringSpineConfig = dataclasses.field(default_factory=ScoringSpineConfig)
     challenger: ChallengerConfig | None = None
     allow_empty: bool = False
+    allowed_stage_classes: list[str] = dataclasses.field(default_factory=list)
+    holdout: HoldoutConfig | None = None
+    features_table: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftThresholdsConfig:
+    """When drift warns and alerts: PSI of a feature or the score, the change of a missing
+    rate (absolute), and the relative change of the row count against the previous run."""
+
+    psi_warn: float = 0.1
+    psi_alert: float = 0.25
+    missing_rate_warn: float = 0.05
+    missing_rate_alert: float = 0.2
+    row_count_warn: float = 0.2
+    row_count_alert: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorConfig:
+    """``sparkml-prod monitor``: watch a model's scores after deployment.
+
+    For the scored date of the run: drift of every feature (``features_table``, written
+    by scoring) and of the score against the reference profile in each version's model
+    card, and the row count against the previous scored date. For every scored date whose
+    labels are complete by now (the card's label rule) and not yet evaluated: realised
+    performance per variant and version (and champion vs challenger), and the impact of
+    the action against the holdout among the ``targeted_share`` of users with the highest
+    scores. Everything is appended to ``history_table``; ``fail_on_alert`` makes the job
+    exit non-zero when anything alerts. ``dashboard_dir`` is where ``monitor report``
+    writes the dashboard.
+    """
+
+    model_name: str
+    registry_root: str
+    scores_table: str
+    history_table: str
+    features_table: str | None = None
+    dashboard_dir: str | None = None
+    thresholds: DriftThresholdsConfig = dataclasses.field(default_factory=DriftThresholdsConfig)
+    targeted_share: float = 1.0
+    fail_on_alert: bool = False
     allowed_stage_classes: list[str] = dataclasses.field(default_factory=list)

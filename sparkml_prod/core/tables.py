@@ -207,20 +207,28 @@ def sql_literal(value: object) -> str:
     return f"'{escaped}'"
 
 
-def overwrite_partition(df: DataFrame, ref: str, partition: Mapping[str, object]) -> None:
+def overwrite_partition(
+    df: DataFrame,
+    ref: str,
+    partition: Mapping[str, object],
+    options: Mapping[str, str] | None = None,
+) -> None:
     """Replace exactly the rows of one partition, atomically, in one Delta commit.
 
     ``partition`` maps the partition columns to their values, e.g. ``{"as_of":
     date(2024, 6, 1)}``. Rows of other partitions are untouched; a rerun with the same
     values leaves only the new rows. If the table does not exist yet it is created,
     partitioned by those columns. Delta refuses the write (and leaves the table as it
-    was) if ``df`` holds a row outside the partition.
+    was) if ``df`` holds a row outside the partition. ``options`` are more Delta write
+    options (e.g. ``mergeSchema``).
     """
     predicate = " AND ".join(f"`{col}` = {sql_literal(v)}" for col, v in partition.items())
     if table_exists(df.sparkSession, ref):
-        write_table(df, ref, mode="overwrite", options={"replaceWhere": predicate})
+        write_table(
+            df, ref, mode="overwrite", options={**(options or {}), "replaceWhere": predicate}
+        )
     else:
-        write_table(df, ref, mode="overwrite", partition_by=list(partition))
+        write_table(df, ref, mode="overwrite", partition_by=list(partition), options=options)
 
 
 def delta_version(spark: SparkSession, ref: str) -> int:

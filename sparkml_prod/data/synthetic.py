@@ -135,6 +135,11 @@ class SyntheticSpec:
     events_per_user_per_day : float
         Activity scale: there are about ``n_users * days * events_per_user_per_day``
         events in all.
+    drift_from : datetime.date, optional
+        Injected drift, for monitoring demos and tests: purchases from this day on (UTC)
+        have their amount multiplied by ``drift_amount_factor``; nothing else changes.
+    drift_amount_factor : float
+        The factor of that drift (default 1: none).
 
     Examples
     --------
@@ -149,6 +154,8 @@ class SyntheticSpec:
     end: datetime.date = datetime.date(2024, 7, 1)
     seed: int = 42
     events_per_user_per_day: float = 0.3
+    drift_from: datetime.date | None = None
+    drift_amount_factor: float = 1.0
 
     def __post_init__(self) -> None:
         def is_int(value: object) -> bool:
@@ -164,6 +171,20 @@ class SyntheticSpec:
             (
                 "events_per_user_per_day",
                 lambda: (is_int(rate) or isinstance(rate, float)) and rate > 0,
+                "a number > 0",
+            ),
+            (
+                "drift_from",
+                lambda: self.drift_from is None or isinstance(self.drift_from, datetime.date),
+                "a datetime.date or None",
+            ),
+            (
+                "drift_amount_factor",
+                lambda: (
+                    isinstance(self.drift_amount_factor, (int, float))
+                    and not isinstance(self.drift_amount_factor, bool)
+                    and self.drift_amount_factor > 0
+                ),
                 "a number > 0",
             ),
         )
@@ -579,6 +600,9 @@ def generate_events(
     factor = F.create_map(*[F.lit(x) for c, _, f in _CATEGORIES for x in (c, math.log(f))])
     log_amount = F.col("log_price") + factor[F.col("product_category")]
     log_amount = log_amount + 0.5 * _normal(seed, "amount", *session_keys, "pos")
+    if spec.drift_from is not None and spec.drift_amount_factor != 1.0:
+        drifted = t0 >= F.lit(_epoch(spec.drift_from))
+        log_amount = log_amount + F.when(drifted, math.log(spec.drift_amount_factor)).otherwise(0.0)
     amount = F.when(etype == "purchase", F.greatest(F.round(F.exp(log_amount), 2), F.lit(0.5)))
     event_s = t0 + F.col("pos") * 45 + F.floor(eu("gap") * 40)
     event_s = event_s.cast("long").alias("event_s")

@@ -95,6 +95,9 @@ class ModelCard:
     ``feature_stage_count`` is how many leading stages of the saved pipeline are feature
     stages (the rest are model stages). ``training_config`` is the training config as
     run, so a retrain or a rebuild starts from exactly what was run.
+    ``reference_profile`` is what monitoring compares every scoring run with
+    (:class:`sparkml_prod.monitoring.profile.ReferenceProfile`: the features' bins and
+    shares on the training rows, the score's on the test snapshot).
     """
 
     schema_version: int
@@ -119,6 +122,7 @@ class ModelCard:
     library_versions: dict[str, str]
     training_config: dict[str, Any]
     timings_s: dict[str, float]
+    reference_profile: dict[str, Any]
     pipeline_sha256: dict[str, str]
 
     @property

@@ -50,6 +50,7 @@ from sparkml_prod.core.errors import ConfigError, EmptyResultError, SchemaError
 from sparkml_prod.core.tables import is_path, overwrite_partition, read_table, schema_of, table_path
 from sparkml_prod.core.time import naive_utc, require_utc_session, timestamp_lit, utc_now
 from sparkml_prod.data.spine import active_entity_spine
+from sparkml_prod.monitoring.impact import assign_holdout
 from sparkml_prod.registry import ModelRegistry, ModelVersion
 
 __all__ = [
@@ -73,9 +74,13 @@ OUTPUT_COLUMNS = (
     "model_name",
     "model_version",
     "variant",
+    "holdout",
     "scored_at",
     "run_id",
 )
+HOLDOUT_COL = "holdout"
+# Tables written before a column was added take it on (older rows read it as null).
+_EVOLVE = {"mergeSchema": "true"}
 
 
 @dataclass
@@ -201,6 +206,7 @@ def scoring_spine(
 def _scores(
     model: LoadedModel, spine: DataFrame, variant: str, entity: str, meta: dict[str, Any]
 ) -> DataFrame:
+    """The output columns and the model's features (for the features table) of a variant."""
     out = model.pipeline.transform(spine)
     return out.select(
         F.col(entity).alias("user_id"),
@@ -209,12 +215,21 @@ def _scores(
         F.lit(model.version.name).alias("model_name"),
         F.lit(model.version.version).alias("model_version"),
         F.lit(variant).alias("variant"),
+        F.col(HOLDOUT_COL),
         *[F.lit(v).alias(k) for k, v in meta.items()],
+        *[F.col(f) for f in model.version.card.feature_names],
     )
 
 
-def _write(scored: DataFrame, table: str, as_of: dt.date, allow_empty: bool) -> dict[str, int]:
-    """Count (which computes and caches the scores), refuse empty, replace the partition."""
+def _write(
+    scored: DataFrame,
+    table: str,
+    as_of: dt.date,
+    allow_empty: bool,
+    features_table: str | None = None,
+) -> dict[str, int]:
+    """Count (which computes and caches the scores), refuse empty, replace the partition of
+    the scores table (and of the features table, when configured) from the cached rows."""
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         counts = {
@@ -229,7 +244,11 @@ def _write(scored: DataFrame, table: str, as_of: dt.date, allow_empty: bool) -> 
             )
         # About a million rows per file, whatever the shuffle partitioning upstream.
         files = max(1, math.ceil(sum(counts.values()) / ROWS_PER_FILE))
-        overwrite_partition(scored.coalesce(files), table, {"as_of": as_of})
+        overwrite_partition(
+            scored.select(*OUTPUT_COLUMNS).coalesce(files), table, {"as_of": as_of}, _EVOLVE
+        )
+        if features_table is not None:
+            overwrite_partition(scored.coalesce(files), features_table, {"as_of": as_of}, _EVOLVE)
     finally:
         scored.unpersist()
     return counts
@@ -260,6 +279,12 @@ def run_scoring(spark: SparkSession, config: ScoreConfig, as_of: dt.date) -> Sco
             check_inputs(spark, model, spine, sources)
 
     entity = champion.version.card.spine.entity_col
+    holdout = (
+        assign_holdout(F.col(entity), config.holdout.salt, config.holdout.share)
+        if config.holdout
+        else F.lit(False)
+    )
+    spine = spine.withColumn(HOLDOUT_COL, holdout)
     run_id = uuid.uuid4().hex
     meta = {
         "scored_at": timestamp_lit(utc_now()),  # never F.lit(datetime): read in TZ
@@ -288,9 +313,10 @@ def run_scoring(spark: SparkSession, config: ScoreConfig, as_of: dt.date) -> Sco
                 "challenger",
                 entity,
                 meta,
-            )
+            ),
+            allowMissingColumns=True,  # the two models may have other features
         )
-    counts = _write(scored.select(*OUTPUT_COLUMNS), config.output_table, as_of, config.allow_empty)
+    counts = _write(scored, config.output_table, as_of, config.allow_empty, config.features_table)
     seconds = time.perf_counter() - started
     return ScoringRun(
         run_id=run_id,

@@ -60,6 +60,7 @@ from sparkml_prod.modeling.training import (
     model_description,
     random_search,
 )
+from sparkml_prod.monitoring.profile import ReferenceProfile, reference_profile
 from sparkml_prod.registry import ModelRegistry
 from sparkml_prod.registry.card import (
     CARD_SCHEMA_VERSION,
@@ -193,6 +194,7 @@ def _card(
     backtest: dict[str, Any] | None,
     complete_until: dt.datetime,
     timings: dict[str, float],
+    profile: ReferenceProfile,
 ) -> ModelCard:
     """The card of the new version (the registry fills in its identity and file hashes)."""
     best = search.best
@@ -241,6 +243,7 @@ def _card(
         library_versions=_versions(),
         training_config=_jsonable(dataclasses.asdict(config)),
         timings_s={k: round(v, 1) for k, v in timings.items()},
+        reference_profile=profile.to_dict(),
         pipeline_sha256={},
     )
 
@@ -318,6 +321,12 @@ def run_training(spark: SparkSession, config: TrainConfig) -> TrainingRun:
             best.model.transform(matrix.where(F.col(SPLIT_COL) == "train"))
         )
         importance = feature_importance(best.model, built.feature_columns)
+        profile = reference_profile(
+            matrix.where(F.col(SPLIT_COL) == "train"),
+            [f for f in built.feature_columns if f not in built.categorical_columns],
+            built.categorical_columns,
+            scored=best.model.transform(test_rows),
+        )
         backtest = (
             run_backtest(matrix, config.model, plan.folds, best.params, built.feature_columns)
             if plan.folds
@@ -328,7 +337,7 @@ def run_training(spark: SparkSession, config: TrainConfig) -> TrainingRun:
         matrix.unpersist()
 
     final = PipelineModel(stages=[*built.feature_model.stages, *best.model.stages])
-    card = _card(config, plan, built, search, metrics, backtest, complete_until, timings)
+    card = _card(config, plan, built, search, metrics, backtest, complete_until, timings, profile)
     extra: dict[str, object] = {
         "Data": {
             "as_of": card.as_of_dates,
