@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -183,7 +184,9 @@ def _reference_score(registry: Any, model_name: str) -> Any:
 
     card = registry.versions(model_name)[-1].card
     score = ReferenceProfile.from_dict(card.reference_profile).score
-    return None if score is None else (list(score.edges), list(score.shares))
+    if score is None:
+        return None
+    return [-math.inf, *score.edges, math.inf], list(score.shares)
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -40,6 +40,12 @@ class MetricRecord:
     detail: str | None = None
 
     def __post_init__(self) -> None:
+        # numpy and pandas numbers become plain floats, so every record writes to Spark
+        for name in ("value", "warn", "alert"):
+            number = getattr(self, name)
+            if number is not None:
+                object.__setattr__(self, name, float(number))
+        object.__setattr__(self, "model_version", int(self.model_version))
         if self.status not in STATUSES:
             raise ValueError(
                 f"MetricRecord.status must be one of {', '.join(STATUSES)}; got {self.status!r}."

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,15 +94,14 @@ def _check(config: MonitorConfig) -> None:
 
 
 def _score_shares(result: DriftResult, profile: ReferenceProfile, base: MetricRecord) -> list:
-    """One ``score_share`` record per reference bin of the score (the dashboard's input)."""
+    """One ``score_share`` record per reference bin of the score (the dashboard's input;
+    the missing bin is left out, as the reference distribution has none)."""
     if result.score_shares is None or profile.score is None:
         return []
-    edges = list(profile.score.edges)
-    low = [None, *edges]
+    bounds = [-math.inf, *profile.score.edges, math.inf]
     out = []
-    for index, share in enumerate(result.score_shares):
-        detail = {"bin": index, "edge_low": low[index] if index < len(low) else None}
-        detail["edge_high"] = edges[index] if index < len(edges) else None
+    for index, share in enumerate(result.score_shares[: len(bounds) - 1]):
+        detail = {"bin": index, "edge_low": bounds[index], "edge_high": bounds[index + 1]}
         out.append(
             MetricRecord(
                 base.as_of,
