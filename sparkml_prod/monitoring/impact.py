@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from statistics import NormalDist
 from typing import Any
 
 from pyspark.sql import Column, DataFrame
@@ -40,6 +39,7 @@ from pyspark.sql import functions as F
 from sparkml_prod.core.errors import ConfigError, TrainingDataError
 from sparkml_prod.core.tables import NUMERIC, require_columns
 from sparkml_prod.core.time import TIMESTAMP_TYPES, micros, to_micros
+from sparkml_prod.monitoring.realised import two_sided_z
 from sparkml_prod.monitoring.records import MetricRecord
 
 __all__ = [
@@ -62,16 +62,6 @@ _SCORES = {
     "model_version": NUMERIC,
     "holdout": "boolean",
 }
-
-
-def _z(level: float) -> float:
-    """The two-sided normal quantile of a confidence level in (0, 1)."""
-    if isinstance(level, bool) or not isinstance(level, float) or not 0.0 < level < 1.0:
-        raise ValueError(
-            f"The 'level' of a confidence interval must be a float in (0, 1), such as 0.95. "
-            f"Got {level!r} instead."
-        )
-    return NormalDist().inv_cdf(0.5 + level / 2)
 
 
 def _check_share(name: str, share: object, low_open: bool) -> float:
@@ -133,7 +123,7 @@ def uplift_interval(
     """
     p1, p0 = treated_outcomes / treated_n, holdout_outcomes / holdout_n
     diff = p1 - p0
-    half = _z(level) * math.sqrt(p1 * (1 - p1) / treated_n + p0 * (1 - p0) / holdout_n)
+    half = two_sided_z(level) * math.sqrt(p1 * (1 - p1) / treated_n + p0 * (1 - p0) / holdout_n)
     return {
         "uplift": diff,
         "treated_rate": p1,
@@ -199,7 +189,7 @@ def action_impact(
     require_columns(scores, _SCORES, table="scores")
     require_columns(outcomes, {"user_id": (), "outcome": NUMERIC}, table="outcomes")
     share = None if target_share is None else _check_share("target_share", target_share, True)
-    _z(level)
+    two_sided_z(level)
     keys = ["variant", "model_version"]
     day = scores.where(micros("as_of") == F.lit(to_micros(as_of))).select(
         "user_id", "score", "variant", F.col("model_version").cast("long"), "holdout"

@@ -173,7 +173,7 @@ def auc_difference(
     True
     """
     diff = challenger[0] - champion[0]
-    half = _z(level) * math.sqrt(challenger[1] + champion[1])
+    half = two_sided_z(level) * math.sqrt(challenger[1] + champion[1])
     low, high = diff - half, diff + half
     return {
         "diff": diff,
@@ -184,7 +184,7 @@ def auc_difference(
     }
 
 
-def _z(level: float) -> float:
+def two_sided_z(level: float) -> float:
     """The two-sided normal quantile of a confidence level in (0, 1)."""
     if isinstance(level, bool) or not isinstance(level, float) or not 0.0 < level < 1.0:
         raise ValueError(
@@ -277,7 +277,7 @@ def realised_performance(
         "user_id", "score", "variant", F.col("model_version").cast("long").alias("model_version")
     )
 
-    _z(level)  # a bad level fails before any Spark job
+    two_sided_z(level)  # a bad level fails before any Spark job
 
     def record(
         variant: str,
