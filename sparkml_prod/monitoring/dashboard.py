@@ -337,7 +337,8 @@ def _plot_auc(fig: Figure, auc: Sequence[MetricRecord], difference: Sequence[Met
 def _plot_uplift(fig: Figure, records: Sequence[MetricRecord]) -> None:
     fig.set_size_inches(9.0, 4.4)
     ax = fig.add_subplot()
-    _series(ax, records, _dates(records), intervals=True)
+    overall = [r for r in records if r.feature is None]  # per-decile rows have a feature
+    _series(ax, overall, _dates(records), intervals=True)
     ax.axhline(0.0, color="grey", linestyle="--", linewidth=1)
     ax.set(ylabel="Uplift vs holdout", title="Uplift against the hashed holdout, with interval")
 
