@@ -38,8 +38,8 @@ from pyspark.sql import functions as F
 
 from sparkml_prod.core.errors import ConfigError, TrainingDataError
 from sparkml_prod.core.tables import NUMERIC, require_columns
-from sparkml_prod.core.time import TIMESTAMP_TYPES, micros, to_micros
-from sparkml_prod.monitoring.realised import two_sided_z
+from sparkml_prod.core.time import micros, to_micros
+from sparkml_prod.monitoring.realised import SCORE_COLUMNS, two_sided_z
 from sparkml_prod.monitoring.records import MetricRecord
 
 __all__ = [
@@ -54,14 +54,7 @@ __all__ = [
 HOLDOUT_BUCKETS = 10_000
 HOLDOUT_NAMESPACE = "holdout:"
 _ACCURACY = 10_000
-_SCORES = {
-    "user_id": (),
-    "as_of": TIMESTAMP_TYPES,
-    "score": NUMERIC,
-    "variant": "string",
-    "model_version": NUMERIC,
-    "holdout": "boolean",
-}
+_SCORES = {**SCORE_COLUMNS, "holdout": "boolean"}
 
 
 def _check_share(name: str, share: object, low_open: bool) -> float:

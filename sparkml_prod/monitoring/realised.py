@@ -76,7 +76,8 @@ __all__ = [
 
 REALISED_METRICS = ("n", "base_rate", "roc_auc", "log_loss", "calibration", "top_decile_lift")
 _MICROS_PER_DAY = 86_400_000_000
-_SCORES = {
+# The scores-table columns monitoring reads (name -> accepted types).
+SCORE_COLUMNS = {
     "user_id": (),
     "as_of": TIMESTAMP_TYPES,
     "score": NUMERIC,
@@ -268,7 +269,7 @@ def realised_performance(
     >>> records = realised_performance(scores, labels, as_of=dt.date(2024, 6, 1),  # doctest: +SKIP
     ...     horizon="30d", complete_until=dt.datetime(2024, 7, 2), model_name="churn")
     """
-    require_columns(scores, _SCORES, table="scores")
+    require_columns(scores, SCORE_COLUMNS, table="scores")
     require_columns(labels, _LABELS, table="labels")
     window = parse_window(horizon, owner="realised_performance", param="horizon")
     needed = to_micros(as_of) + window
