@@ -63,6 +63,7 @@ demo: setup dist
 	$(VENV)/bin/sparkml-prod monitor --config conf/monitor.yaml --as-of $(FIRST_AS_OF)
 	$(VENV)/bin/sparkml-prod monitor --config conf/monitor.yaml --as-of $(SCORE_AS_OF)
 	$(VENV)/bin/sparkml-prod monitor report --config conf/monitor.yaml
+	$(VENV)/bin/sparkml-prod retrain --config conf/train.yaml --as-of $(SCORE_AS_OF)
 	@echo "Delta tables under $(CURDIR)/demo-output/tables, models under $(CURDIR)/demo-output/models"
 
 test: setup

@@ -42,6 +42,7 @@ setup(
             "scikit-learn",
             "duckdb",
             "types-PyYAML",
+            "xxhash",  # an independent reference of Spark's xxhash64 in tests
         ],
     },
     entry_points={"console_scripts": ["sparkml-prod=sparkml_prod.cli:main"]},

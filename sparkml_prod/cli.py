@@ -98,7 +98,30 @@ def _train(args: argparse.Namespace) -> int:
     config = load_config(args.config, TrainConfig)
     # Threads per XGBoost worker; under spark-submit the submitted value is kept and checked.
     spark = get_spark("sparkml-prod-train", conf={"spark.task.cpus": str(config.model.task_cpus)})
-    run = run_training(spark, config)
+    _print_training(run_training(spark, config))
+    return 0
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from sparkml_prod.core.session import get_spark
+    from sparkml_prod.runs.retrain import retrain_config, run_retraining
+
+    config = load_config(args.config, TrainConfig)
+    run_date = args.as_of or dt.datetime.now(dt.timezone.utc).date()
+    retrain_config(config, run_date)  # the config's retrain section, before Spark starts
+    spark = get_spark("sparkml-prod-retrain", conf={"spark.task.cpus": str(config.model.task_cpus)})
+    run = run_retraining(spark, config, run_date)
+    dates = run.as_of_dates
+    print(
+        f"run date {run_date}: train {dates['train'][0]} .. {dates['train'][-1]} "
+        f"({len(dates['train'])} snapshots), validation "
+        f"{', '.join(dates['validation']) or 'held-out entities'}, test {', '.join(dates['test'])}"
+    )
+    _print_training(run)
+    return 0
+
+
+def _print_training(run: Any) -> None:
     m = run.metrics
     print(f"registered {run.model_name} version {run.version} at {run.model_path}")
     print(f"report: {run.report_path}")
@@ -113,10 +136,15 @@ def _train(args: argparse.Namespace) -> int:
             f"{b['best_expected_profit']:,.0f} "
             f"(contacting everyone: {b['profit_contact_everyone']:,.0f})"
         )
+    if run.deployed.fit == "refit":
+        print(
+            f"deployed: refit on {len(run.deployed.snapshots)} snapshots "
+            f"({run.deployed.rows:,} rows, {run.deployed.num_trees} trees); the test metrics "
+            "above are its time-gapped fit's"
+        )
     if run.promotion_note:
         print(f"promotion: {run.promotion_note}")
     print("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in run.timings.items()))
-    return 0
 
 
 def _as_of(value: str) -> dt.date:
@@ -255,6 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     train = command("train", help="build the training matrix, train, evaluate, report, register")
     train.add_argument("--config", required=True, help="YAML file (see conf/train.yaml)")
     train.set_defaults(run=_train)
+    retrain = command(
+        "retrain", help="train on the split of a run date and promote only through the gate"
+    )
+    retrain.add_argument("--config", required=True, help="YAML file with a retrain section")
+    retrain.add_argument(
+        "--as-of", type=_as_of, default=None, help="the run date YYYY-MM-DD (default: today, UTC)"
+    )
+    retrain.set_defaults(run=_retrain)
     score = command("score", help="score every user at an as-of date into Delta")
     score.add_argument("--config", required=True, help="YAML file (see conf/score.yaml)")
     score.add_argument(

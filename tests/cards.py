@@ -7,6 +7,7 @@ from typing import Any
 
 from sparkml_prod.registry.card import (
     CARD_SCHEMA_VERSION,
+    DeployedModel,
     InputSchemas,
     LabelRule,
     MatrixRecord,
@@ -79,6 +80,8 @@ def make_card(
         "timings_s": {},
         "reference_profile": {},
         "pipeline_sha256": {},
+        "deployed": DeployedModel(fit="selected", snapshots=["2024-01-01"], rows=0, num_trees=None),
+        "run_date": None,
     }
     values.update(fields)
     return ModelCard(**values)

@@ -9,7 +9,7 @@ import pytest
 from cards import make_card
 
 from sparkml_prod.core.errors import ModelCardError
-from sparkml_prod.registry.card import ModelCard
+from sparkml_prod.registry.card import DeployedModel, ModelCard
 
 WHERE = "of model m/3 ('/models/m/3/card.json')"
 
@@ -30,7 +30,7 @@ def test_an_unknown_schema_version_names_the_model_and_the_versions() -> None:
         ModelCard.from_json(json.dumps(data), WHERE)
     assert str(raised.value) == (
         "The model card of model m/3 ('/models/m/3/card.json') has schema_version 7; this "
-        "version of sparkml-prod reads schema_version 1. Score it with the sparkml-prod "
+        "version of sparkml-prod reads schema_version 1 to 2. Score it with the sparkml-prod "
         "release that trained it, or retrain the model."
     )
 
@@ -61,3 +61,26 @@ def test_a_field_of_the_wrong_type_is_named_with_the_model() -> None:
 def test_a_card_that_is_not_json_is_refused() -> None:
     with pytest.raises(ModelCardError, match=r"^The model card of model m/3 .* is not valid"):
         ModelCard.from_json("{", WHERE)
+
+
+def test_a_version_1_card_reads_as_the_selected_fit_without_a_run_date() -> None:
+    data = card_dict()
+    del data["deployed"], data["run_date"]
+    data.update(
+        schema_version=1,
+        as_of_dates={"train": ["2024-01-01", "2024-01-15"], "validation": [], "test": []},
+        best_iteration=41,
+    )
+    data["matrix"]["rows_and_positives"] = {"train": {"rows": 900, "positives": 90}}
+    card = ModelCard.from_dict(data, WHERE)
+    assert card.schema_version == 2
+    assert card.deployed == DeployedModel(
+        fit="selected", snapshots=["2024-01-01", "2024-01-15"], rows=900, num_trees=42
+    )
+    assert card.run_date is None
+
+
+def test_a_version_1_card_with_version_2_fields_is_refused() -> None:
+    data = {**card_dict(), "schema_version": 1}
+    with pytest.raises(ModelCardError, match="schema_version 1 but the version-2 key 'deployed'"):
+        ModelCard.from_dict(data, WHERE)

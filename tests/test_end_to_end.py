@@ -83,8 +83,9 @@ def trained(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Tr
         "spine": {"source": "events", "lookback": "30d"},
         "label": {"source": "events", "filter": "event_type = 'purchase'", "horizon": "30d"},
         "split": {
+            # Validation on held-out users of the training dates: no validation snapshot.
             "train": {"start": dt.date(2023, 3, 18), "end": dt.date(2023, 5, 1), "every": "14d"},
-            "validation": [dt.date(2023, 6, 1)],
+            "validation": {"entity_share": 0.25, "salt": "e2e"},
             "test": [dt.date(2023, 7, 1)],
         },
         "matrix_table": str(root / "matrix"),
@@ -99,6 +100,7 @@ def trained(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Tr
     config = from_mapping(settings, TrainConfig, source="end-to-end config")
     run = run_training(spark, config)
     assert run.promoted_to == "production"
+    assert run.as_of_dates["validation"] == []
     return Trained(root, tables["events"], config, run.version)
 
 

@@ -9,14 +9,9 @@ from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 
 from sparkml_prod.core.errors import LeakageError, TrainingDataError
-from sparkml_prod.data.labels import (
-    TimeSplit,
-    add_labels,
-    check_labels_complete,
-    check_time_split,
-    labels_complete_until,
-)
+from sparkml_prod.data.labels import add_labels, check_labels_complete, labels_complete_until
 from sparkml_prod.data.spine import as_of_schedule
+from sparkml_prod.data.split import TimeSplit, check_time_split
 
 T = dt.datetime
 AS_OF = T(2024, 3, 1)

@@ -45,9 +45,10 @@ from sparkml_prod.core.time import (
     to_micros,
     to_utc,
 )
-from sparkml_prod.data.labels import TimeSplit, add_labels, check_labels_complete
+from sparkml_prod.data.labels import add_labels, check_labels_complete
 from sparkml_prod.data.matrix import build_feature_matrix
 from sparkml_prod.data.spine import active_entity_spine, as_of_timestamps
+from sparkml_prod.data.split import TimeSplit
 from sparkml_prod.features import WindowAggregates
 from sparkml_prod.registry import ModelRegistry
 from sparkml_prod.runs.score import run_scoring

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -9,16 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from pyspark.ml import PipelineModel
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from spark_jobs import no_job_runs
 
+from sparkml_prod.cli import main
 from sparkml_prod.core.config import ModelConfig, TrainConfig, from_mapping
 from sparkml_prod.core.errors import (
     ClusterCapacityError,
     ConfigError,
     LeakageError,
-    PromotionRefusedError,
     TrainingDataError,
 )
 from sparkml_prod.core.tables import read_table, table_exists, write_table
@@ -32,7 +35,7 @@ from sparkml_prod.features import load_feature_spec
 from sparkml_prod.modeling.evaluation import evaluate
 from sparkml_prod.modeling.training import fit_candidate
 from sparkml_prod.registry import ModelRegistry
-from sparkml_prod.registry.card import SpineRule
+from sparkml_prod.registry.card import DeployedModel, SpineRule
 from sparkml_prod.runs.promotion import comparison_gate
 from sparkml_prod.runs.train import run_training
 
@@ -82,13 +85,54 @@ def train_config(tables: dict[str, str], root: Path, **overrides: Any) -> TrainC
     return from_mapping(settings, TrainConfig, source="test config")
 
 
+RUN_DATE = "2023-10-01"
+RETRAIN = {
+    "train": {"earliest": "132d", "latest": "90d", "every": "14d"},
+    "validation": ["60d"],
+    "test": ["30d"],
+    "backtest": ["40d"],
+}
+TRAIN_DATES = ["2023-05-22", "2023-06-05", "2023-06-19", "2023-07-03"]
+
+
+def write_config(tables: dict[str, str], root: Path, name: str, **overrides: Any) -> str:
+    """A train config file as a user writes it (YAML), for the command line."""
+    config = train_config(tables, root, **{"retrain": RETRAIN, **overrides})
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(config), default=str))))
+    return str(path)
+
+
+def booster_of(model: PipelineModel) -> Any:
+    return next(s for s in model.stages if hasattr(s, "get_booster")).get_booster()
+
+
 @pytest.mark.slow
-def test_training_end_to_end(spark: SparkSession, tables: dict[str, str], tmp_path: Path) -> None:
-    config = train_config(tables, tmp_path)
-    run = run_training(spark, config)
+def test_retrain_trains_on_the_run_dates_split_refits_and_gates_the_next_candidate(
+    spark: SparkSession, tables: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The config's absolute split is stale; retrain counts its own back from the run date.
+    refitting = write_config(tables, tmp_path, "refit", refit=True)
+    assert main(["retrain", "--config", refitting, "--as-of", RUN_DATE]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "run date 2023-10-01: train 2023-05-22 .. 2023-07-03 (4 snapshots), validation "
+        "2023-08-02, test 2023-09-01\n"
+    ) in out
+    assert "promotion: promoted to production\n" in out
+    registry = ModelRegistry(spark, str(tmp_path / "models"))
+    champion = registry.get("purchase_30d@production")
+    card = champion.card
+    assert (champion.version, card.run_date) == (1, RUN_DATE)
+    assert card.as_of_dates == {
+        "train": TRAIN_DATES,
+        "validation": ["2023-08-02"],
+        "test": ["2023-09-01"],
+        "backtest": ["2023-08-22"],
+    }
 
     # Honest evaluation: the model beats recency alone on the time-gapped test snapshot.
-    matrix = spark.read.format("delta").load(config.matrix_table)
+    matrix = read_table(spark, str(tmp_path / "matrix"), version=card.matrix.delta_version)
     test_rows = matrix.where(F.col("split") == "test")
     recency_only = evaluate(
         test_rows.select(
@@ -96,41 +140,76 @@ def test_training_end_to_end(spark: SparkSession, tables: dict[str, str], tmp_pa
             F.coalesce(1.0 / (1.0 + F.col("days_since_last_event")), F.lit(0.0)).alias("score"),
         )
     )
-    assert run.metrics["roc_auc"] > recency_only["roc_auc"] + 0.03, (
-        run.metrics["roc_auc"],
+    assert card.metrics["roc_auc"] > recency_only["roc_auc"] + 0.03, (
+        card.metrics["roc_auc"],
         recency_only["roc_auc"],
     )
-    assert run.metrics["n"] == test_rows.count()
-
-    # The report, the registry entry and its model card.
-    report = Path(run.report_path).read_text()
-    assert report.count("data:image/png;base64,") >= 6
-    registry = ModelRegistry(spark, config.registry_root)
-    version = registry.get("purchase_30d@production")
-    assert version.version == run.version == 1
-    card = version.card
+    assert card.metrics["n"] == test_rows.count()
+    assert (
+        Path(card.training_config["report_dir"], "report.html")
+        .read_text()
+        .count("data:image/png;base64,")
+        >= 6
+    )
     assert card.matrix.delta_version == 0
     assert card.matrix.source_versions == {tables["events"]: 0, tables["user_attributes"]: 0}
     assert card.matrix.rows == matrix.count()
-    assert card.as_of_dates["test"] == ["2023-09-01"]
     assert card.input_schema.spine == {"user_id": "bigint", "as_of": "timestamp"}
     assert len(card.search["log"]) == 2
-    assert [f["test_as_of"] for f in card.backtest["folds"]] == ["2023-08-20"]
+    assert [f["test_as_of"] for f in card.backtest["folds"]] == ["2023-08-22"]
     assert card.spine == SpineRule(tables["events"], "90d", "user_id", "event_time", "as_of")
     assert card.feature_stage_count == 5
 
-    # One artefact, scored in another process with spark-submit: tests/test_end_to_end.py.
+    # The refit: every snapshot, every matrix row, as many trees as early stopping chose.
+    chosen = max(card.search["log"], key=lambda t: t["validation"]["roc_auc"])
+    assert card.best_iteration == chosen["best_iteration"] is not None
+    assert card.deployed == DeployedModel(
+        fit="refit",
+        snapshots=[*TRAIN_DATES, "2023-08-02", "2023-08-22", "2023-09-01"],
+        rows=card.matrix.rows,
+        num_trees=card.best_iteration + 1,
+    )
+    deployed = registry.load_version(champion)
+    assert booster_of(deployed).num_boosted_rounds() == card.best_iteration + 1
+    # The card keeps the time-gapped judgement: the refit has seen the test snapshot's
+    # labels, so it scores higher there than the metrics it was promoted on.
+    labelled_test = test_rows.select("user_id", "as_of", "label").cache()
+    champion_auc = evaluate(deployed.transform(labelled_test))["roc_auc"]
+    assert champion_auc > card.metrics["roc_auc"] + 0.01, (champion_auc, card.metrics["roc_auc"])
 
-    # A new version must beat production on the same test snapshot by the margin; the
-    # same model scores the same, so a positive margin refuses it and production stays.
-    second = registry.register("purchase_30d", registry.load_version(version), card)
-    labelled_test = test_rows.select("user_id", "as_of", "label")
-    refusing = comparison_gate(registry, labelled_test, None, "roc_auc", margin=0.01)
-    with pytest.raises(PromotionRefusedError, match="required margin 0.01"):
-        registry.promote("purchase_30d", second.version, "production", gate=refusing)
+    # A worse candidate of the same run date (the same test snapshot), with other feature
+    # stages: registered, and refused by the gate.
+    spec = tmp_path / "one_feature.yaml"
+    spec.write_text(
+        "stages:\n  - {type: window_aggregates, source: events, windows: [30d],"
+        " aggregations: [{agg: count}]}\n"
+    )
+    weak = write_config(
+        tables,
+        tmp_path,
+        "weak",
+        feature_spec=str(spec),
+        model={"early_stopping_rounds": None, "params": {"n_estimators": 2, "max_depth": 1}},
+        search={"trials": 0},
+        retrain={**RETRAIN, "backtest": []},
+    )
+    assert main(["retrain", "--config", weak, "--as-of", RUN_DATE]) == 0
+    out = capsys.readouterr().out
+    candidate = registry.get("purchase_30d/2").card
+    assert (
+        "promotion: Promotion of model 'purchase_30d' version 2 to alias 'production' "
+        f"refused: test roc_auc: candidate purchase_30d/2 {candidate.metrics['roc_auc']:.4f}, "
+        f"current purchase_30d/1 {champion_auc:.4f}, required margin 0.0; purchase_30d/1 was "
+        "fitted on snapshot(s) 2023-08-22, 2023-09-01, whose 30d labels reach the test "
+        "snapshot: its test metric is optimistic. The alias still points at version 1."
+    ) in out
     assert registry.aliases("purchase_30d") == {"production": 1}
-    accepting = comparison_gate(registry, labelled_test, None, "roc_auc", margin=0.0)
-    registry.promote("purchase_30d", second.version, "production", gate=accepting)
+    assert (candidate.deployed.fit, candidate.deployed.num_trees) == ("selected", 2)
+    # The same gate with a margin the candidate meets moves the alias.
+    lenient = comparison_gate(
+        registry, labelled_test, candidate.metrics["roc_auc"], "roc_auc", -1.0
+    )
+    registry.promote("purchase_30d", 2, "production", gate=lenient)
     assert registry.aliases("purchase_30d") == {"production": 2}
 
 
@@ -145,6 +224,7 @@ def test_linear_model_through_the_same_pipeline(
             "standardize": True,
             "params": {"regParam": 0.01, "maxIter": 50},
         },
+        split={"train": [dt.date(2023, 5, 1), dt.date(2023, 6, 1)]},
         search={"trials": 0},
         backtest={"test": []},
         promote_to=None,

@@ -29,7 +29,10 @@ __all__ = [
     "Schedule",
     "TrainingSpineConfig",
     "LabelConfig",
+    "HeldOutEntities",
     "SplitConfig",
+    "RelativeSchedule",
+    "RetrainConfig",
     "ModelConfig",
     "SearchConfig",
     "EvaluationConfig",
@@ -267,12 +270,46 @@ class LabelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class HeldOutEntities:
+    """Validation on the training snapshots' rows of an ``entity_share`` of the entities
+    (chosen by a hash of ``salt`` and the id, so an entity is on one side in every
+    snapshot) instead of a later date: the newest training snapshot can then sit one label
+    horizon before the test date, not two."""
+
+    entity_share: float
+    salt: str = "validation"
+
+
+@dataclasses.dataclass(frozen=True)
 class SplitConfig:
-    """Training, validation and test as-of dates: a list each, or a schedule for training."""
+    """Training, validation and test as-of dates: a list each, or a schedule for training;
+    validation may instead be a held-out share of the training snapshots' entities."""
 
     train: list[dt.date] | Schedule
-    validation: list[dt.date]
+    validation: list[dt.date] | HeldOutEntities
     test: list[dt.date]
+
+
+@dataclasses.dataclass(frozen=True)
+class RelativeSchedule:
+    """Training as-of dates counted back from the run date ``D``: ``D - latest``,
+    ``D - latest - every``, ... and none before ``D - earliest``."""
+
+    earliest: str
+    latest: str
+    every: str = "14d"
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrainConfig:
+    """The split of ``sparkml-prod retrain --as-of D``, as durations before the run date
+    ``D`` (e.g. ``test: [30d]`` with a 30-day horizon: the newest snapshot whose labels
+    are complete at ``D``); ``backtest`` dates likewise (none by default)."""
+
+    train: RelativeSchedule | list[str]
+    validation: list[str] | HeldOutEntities
+    test: list[str]
+    backtest: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,7 +373,11 @@ class TrainConfig:
     beats the current holder on this run's test snapshot by ``promotion_margin`` of
     ``search.metric`` (or when the alias is not set yet). ``allowed_stage_classes``:
     stage classes (or package prefixes ending in ``.``) that may load from the registry
-    besides pyspark.ml, xgboost.spark and sparkml_prod ones.
+    besides pyspark.ml, xgboost.spark and sparkml_prod ones. ``refit``: once the search
+    has chosen the params (and XGBoost's number of trees) on the time-gapped split, fit
+    them again on every snapshot of the split (all have complete labels) and register
+    that fit; the card keeps the time-gapped metrics it was judged by. ``retrain``: the
+    split relative to the run date, for ``sparkml-prod retrain``.
     """
 
     model_name: str
@@ -355,6 +396,8 @@ class TrainConfig:
     promote_to: str | None = None
     promotion_margin: float = 0.0
     allowed_stage_classes: list[str] = dataclasses.field(default_factory=list)
+    refit: bool = False
+    retrain: RetrainConfig | None = None
 
 
 @dataclasses.dataclass(frozen=True)

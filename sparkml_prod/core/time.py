@@ -12,7 +12,7 @@ An as-of or any other instant given to the library may be
 * a naive ``datetime``: read as UTC wall-clock time, never as the OS zone's;
 * an aware ``datetime``: converted to UTC.
 
-Instants the library returns (as-of schedules, :class:`~sparkml_prod.data.labels.TimeSplit`,
+Instants the library returns (as-of schedules, :class:`~sparkml_prod.data.split.TimeSplit`,
 ``labels_complete_until``) are naive datetimes holding UTC, like the values configs give,
 so they compare with each other and with config values (:func:`naive_utc`). Never call
 ``.timestamp()`` on a naive one: Python reads it in ``TZ``; use :func:`to_micros`.

@@ -1,4 +1,4 @@
-"""Future-window labels, and the time split that keeps them from leaking.
+"""Future-window labels, and the check that their data is complete.
 
 Point-in-time rule of a label, for a spine row ``(entity, as_of)`` and a horizon ``h``:
 the label looks at the source events with ``as_of <= event_time < as_of + h`` (an event
@@ -9,9 +9,7 @@ it). ``kind`` is
 * ``count``: the number of matching events (0.0 when none);
 * ``sum``: the sum of ``value_col`` over the matching events (0.0 when none).
 
-A split is by time, never by random rows: training, validation and test snapshots are
-as-of dates. :func:`check_time_split` refuses a split where a training label window
-reaches the validation or test period, or a validation label window the test period.
+The time split that keeps labels from leaking is :mod:`sparkml_prod.data.split`.
 
 Instants follow the library's UTC rule (:mod:`sparkml_prod.core.time`): as-of values
 given here may be dates (midnight UTC), naive datetimes (UTC) or aware ones; those
@@ -22,13 +20,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from sparkml_prod.core.config import Schedule, SplitConfig
-from sparkml_prod.core.errors import LeakageError, TrainingDataError
+from sparkml_prod.core.errors import TrainingDataError
 from sparkml_prod.core.tables import NUMERIC, read_table, require_columns
 from sparkml_prod.core.time import (
     TIMESTAMP_TYPES,
@@ -40,17 +36,13 @@ from sparkml_prod.core.time import (
     require_utc_session,
     spine_time_range,
 )
-from sparkml_prod.data.spine import as_of_schedule, as_of_timestamps
 from sparkml_prod.features.params import check_filters, exclude_null_keys
 
 __all__ = [
     "LABEL_KINDS",
-    "TimeSplit",
     "add_labels",
     "check_labels_complete",
-    "check_time_split",
     "labels_complete_until",
-    "resolve_split",
 ]
 
 LABEL_KINDS = ("binary", "count", "sum")
@@ -59,67 +51,6 @@ MICROS_PER_DAY = 86_400_000_000
 
 def _show(value: dt.datetime) -> str:
     return value.strftime("%Y-%m-%d") if value.time() == dt.time() else value.isoformat(sep=" ")
-
-
-@dataclass(frozen=True)
-class TimeSplit:
-    """Training, validation and test as-of instants (each sorted, UTC).
-
-    Values are kept as naive UTC datetimes (a date or an aware datetime given here is
-    converted), so the periods compare with each other whatever was given.
-    """
-
-    train: tuple[dt.datetime, ...]
-    validation: tuple[dt.datetime, ...]
-    test: tuple[dt.datetime, ...]
-
-    def __post_init__(self) -> None:
-        for name in ("train", "validation", "test"):
-            object.__setattr__(self, name, tuple(naive_utc(t) for t in getattr(self, name)))
-
-    def all(self) -> list[dt.datetime]:
-        return sorted({*self.train, *self.validation, *self.test})
-
-
-def check_time_split(split: TimeSplit, horizon: str) -> None:
-    """Refuse a split whose label windows reach into a later period.
-
-    Every training as-of ``t`` needs ``t + horizon <=`` the first validation as-of and
-    the first test as-of; every validation as-of ``v`` needs ``v + horizon <=`` the
-    first test as-of. Training and test must not be empty.
-
-    Raises
-    ------
-    LeakageError
-        Naming the two dates that overlap and the horizon.
-
-    Examples
-    --------
-    >>> from datetime import datetime as d
-    >>> check_time_split(TimeSplit((d(2024, 1, 1),), (d(2024, 2, 1),), (d(2024, 3, 2),)), "30d")
-    """
-    h = dt.timedelta(microseconds=parse_window(horizon, owner="the time split", param="horizon"))
-    if not split.train:
-        raise LeakageError("The time split has no training as-of date.")
-    if not split.test:
-        raise LeakageError("The time split has no test as-of date.")
-    pairs = [
-        ("training", split.train, "validation", split.validation),
-        ("training", split.train, "test", split.test),
-        ("validation", split.validation, "test", split.test),
-    ]
-    for earlier_name, earlier, later_name, later in pairs:
-        if not earlier or not later:
-            continue
-        last_earlier, first_later = max(earlier), min(later)
-        if last_earlier + h > first_later:
-            raise LeakageError(
-                f"The time split leaks: the label window of {earlier_name} as-of "
-                f"{_show(last_earlier)} (horizon {horizon}) runs to "
-                f"{_show(last_earlier + h)}, past the {later_name} as-of "
-                f"{_show(first_later)}. Move the {later_name} date to "
-                f"{_show(last_earlier + h)} or later, or drop the {earlier_name} date."
-            )
 
 
 def labels_complete_until(
@@ -235,17 +166,3 @@ def add_labels(
     label = F.when(found > 0, 1.0).otherwise(0.0) if kind == "binary" else found
     known = F.col(f"s.`{entity_col}`").isNotNull() & F.col(f"s.`{as_of_col}`").isNotNull()
     return joined.select("s.*", F.when(known, label).alias(label_col))
-
-
-def resolve_split(split: SplitConfig) -> TimeSplit:
-    """The split's as-of instants (a training schedule expanded)."""
-    train = (
-        as_of_schedule(split.train.start, split.train.end, split.train.every)
-        if isinstance(split.train, Schedule)
-        else as_of_timestamps(split.train)
-    )
-    return TimeSplit(
-        train=tuple(train),
-        validation=tuple(as_of_timestamps(split.validation)),
-        test=tuple(as_of_timestamps(split.test)),
-    )

@@ -13,7 +13,7 @@ from pyspark.ml import Pipeline, PipelineModel, Transformer
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from sparkml_prod.core.config import FeaturesConfig, TrainConfig
+from sparkml_prod.core.config import FeaturesConfig, HeldOutEntities, TrainConfig
 from sparkml_prod.core.errors import TrainingDataError
 from sparkml_prod.core.tables import (
     NUMERIC,
@@ -28,6 +28,7 @@ from sparkml_prod.core.time import instant_in, require_utc_session
 from sparkml_prod.data.fingerprint import content_hash
 from sparkml_prod.data.labels import add_labels
 from sparkml_prod.data.spine import active_entity_spine
+from sparkml_prod.data.split import held_out_entity
 from sparkml_prod.features import (
     declared_outputs,
     load_feature_spec,
@@ -143,7 +144,9 @@ def labelled_spine(
     versions: Mapping[str, int | None] | None = None,
 ) -> DataFrame:
     """Active entities at every date, with the label and the split each date belongs to;
-    the spine and label sources read at ``versions`` (ref -> Delta version) when given."""
+    the spine and label sources read at ``versions`` (ref -> Delta version) when given.
+    With validation on held-out entities, their rows of the training dates are the
+    ``validation`` split."""
     spine_source = source_ref(config, config.spine.source)
     label_source = source_ref(config, config.label.source)
     pinned = _pinned(versions or {})
@@ -172,6 +175,12 @@ def labelled_spine(
     split = F.lit(None).cast("string")
     for name, dates in dates_by_split.items():
         split = F.when(instant_in("as_of", dates), F.lit(name)).otherwise(split)
+    held_out = config.split.validation
+    if isinstance(held_out, HeldOutEntities):
+        entity = F.col(config.spine.entity_col)
+        split = F.when(
+            (split == "train") & held_out_entity(entity, held_out), F.lit("validation")
+        ).otherwise(split)
     return labelled.withColumn(SPLIT_COL, split)
 
 
@@ -188,21 +197,36 @@ def split_counts(labelled: DataFrame, label_col: str = "label") -> dict[str, dic
 
 
 def check_split_counts(
-    counts: Mapping[str, Mapping[str, int]], dates_by_split: Mapping[str, Sequence[dt.datetime]]
+    counts: Mapping[str, Mapping[str, int]],
+    dates_by_split: Mapping[str, Sequence[dt.datetime]],
+    held_out: HeldOutEntities | None = None,
 ) -> None:
-    """Each split must have rows and both label classes, or training cannot be honest."""
-    for name, dates in dates_by_split.items():
-        shown = ", ".join(d.strftime("%Y-%m-%d") for d in dates)
+    """Each split must have rows and both label classes, or training cannot be honest
+    (with ``held_out``, also the validation rows of the held-out entities)."""
+    described = {
+        name: f"The {name} snapshot(s) at " + ", ".join(d.strftime("%Y-%m-%d") for d in dates)
+        for name, dates in dates_by_split.items()
+        if dates or name != "validation"
+    }
+    if held_out is not None:
+        described["validation"] = (
+            f"The validation rows (the {held_out.entity_share:.0%} of entities held out of "
+            f"the training snapshots, salt '{held_out.salt}')"
+        )
+    for name, what in described.items():
         found = counts.get(name, {"rows": 0, "positives": 0})
         if found["rows"] == 0:
-            raise TrainingDataError(
-                f"The {name} snapshot(s) at {shown} have no rows: no entity was active in "
-                "the spine lookback before them. Check the dates against the events."
+            cause = (
+                "no entity was active in the spine lookback before them. Check the dates "
+                "against the events."
+                if name != "validation" or held_out is None
+                else "no entity of the training snapshots fell in the share; raise it."
             )
+            raise TrainingDataError(f"{what} have no rows: {cause}")
         if found["positives"] in (0, found["rows"]):
             only = "0 (negative)" if found["positives"] == 0 else "1 (positive)"
             raise TrainingDataError(
-                f"The {name} snapshot(s) at {shown} have a single label class: all "
+                f"{what} have a single label class: all "
                 f"{found['rows']} rows are {only}. A classifier needs both; check the label "
                 "filter and horizon, or choose other dates."
             )
@@ -236,7 +260,10 @@ def build_training_matrix(
     labelled = labelled.cache()
     try:
         counts = split_counts(labelled)
-        check_split_counts(counts, dates_by_split)
+        held_out = config.split.validation
+        check_split_counts(
+            counts, dates_by_split, held_out if isinstance(held_out, HeldOutEntities) else None
+        )
         feature_model = fit_feature_pipeline(
             pin_source_versions(stages, pinned), labelled.where(F.col(SPLIT_COL) == "train")
         )

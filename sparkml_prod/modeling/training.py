@@ -61,6 +61,8 @@ __all__ = [
 log = logging.getLogger("sparkml_prod.modeling.training")
 
 METRICS_HIGHER_IS_BETTER = {"roc_auc": True, "pr_auc": True, "log_loss": False}
+# XGBoost's number of trees when model.params set no n_estimators.
+DEFAULT_TREES = 200
 FEATURES_VECTOR = "features"
 
 
@@ -182,7 +184,7 @@ def model_stages(
     if model.type == "xgboost":
         SparkXGBClassifier = _xgboost_classifier()  # noqa: N806 (a class)
         # verbose: no per-iteration evaluation log on the executors' stdout
-        settings = {"n_estimators": 200, "verbose": False, **params}
+        settings = {"n_estimators": DEFAULT_TREES, "verbose": False, **params}
         if model.early_stopping_rounds:
             # the validation rows (flagged) stop the boosting; without early stopping
             # there is no validation set (an empty one fails inside XGBoost)

@@ -1,7 +1,8 @@
 """The reference profile: frozen bins and shares of every feature and of the score.
 
-Training computes it once (features from the training matrix's training rows, the score
-from the test snapshot's scored rows) and writes it into the model card; every scoring
+Training computes it once (features from the rows the deployed model was fitted on: the
+training matrix's training rows, or all of them after a refit; the score from the test
+snapshot scored by the deployed model) and writes it into the model card; every scoring
 run's drift (:mod:`sparkml_prod.monitoring.drift`) is measured against these bins.
 
 * **Numeric** column: the inner bin edges are the column's quantiles at ``1/bins, ...,
@@ -503,7 +504,8 @@ def reference_profile(
     Parameters
     ----------
     training : DataFrame
-        The training matrix's training rows.
+        The rows the deployed model was fitted on (the training matrix's training rows,
+        or every row after a refit).
     numeric, categorical : sequence of str
         Feature columns profiled by quantile bins, and by category (integer or double index
         columns of a ``StringIndexer``, or strings).

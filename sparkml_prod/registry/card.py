@@ -9,6 +9,10 @@ ModelCardError` naming the model and the field, never a silent default.
 The registry assigns ``name``, ``version``, ``created_at`` and ``pipeline_sha256`` when it
 registers a card (see :meth:`sparkml_prod.registry.ModelRegistry.register`). Instants are
 UTC: dates are ``YYYY-MM-DD`` (midnight UTC), times ISO 8601 with ``+00:00``.
+
+Schema history: version 2 added ``deployed`` (which fit of the chosen params is the
+registered pipeline) and ``run_date`` (the date a ``retrain`` counted its split back
+from). A version-1 card is read as what it was: the selected fit, no run date.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from sparkml_prod.core.errors import ConfigError, ModelCardError
 __all__ = [
     "CARD_FILE",
     "CARD_SCHEMA_VERSION",
+    "DeployedModel",
     "InputSchemas",
     "LabelRule",
     "MatrixRecord",
@@ -31,7 +36,7 @@ __all__ = [
 ]
 
 CARD_FILE = "card.json"
-CARD_SCHEMA_VERSION = 1
+CARD_SCHEMA_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +92,24 @@ class MatrixRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class DeployedModel:
+    """Which fit of the chosen params the registered pipeline is.
+
+    ``fit`` is ``selected`` (the search's best candidate as fitted on the training
+    snapshots: the card's ``metrics`` are its time-gapped test metrics) or ``refit`` (the
+    same params fitted again on ``snapshots``, every snapshot of the split, test
+    included, with ``num_trees`` trees: the number the selected candidate's early
+    stopping chose; the card's ``metrics`` are still the selected candidate's, the
+    time-gapped judgement the refit was promoted on). ``rows``: the rows it was fitted on.
+    """
+
+    fit: str
+    snapshots: list[str]
+    rows: int
+    num_trees: int | None
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelCard:
     """Everything known about one registered model version (see the module docs).
 
@@ -124,6 +147,8 @@ class ModelCard:
     timings_s: dict[str, float]
     reference_profile: dict[str, Any]
     pipeline_sha256: dict[str, str]
+    deployed: DeployedModel
+    run_date: str | None
 
     @property
     def label_ref(self) -> str:
@@ -147,10 +172,13 @@ class ModelCard:
     def from_dict(cls, data: Any, where: str) -> ModelCard:
         """Check a parsed card against this schema version (see the module docs)."""
         found = data.get("schema_version") if isinstance(data, dict) else None
+        if found == 1:
+            data = _upgrade_from_1(data, where)
+            found = CARD_SCHEMA_VERSION
         if found != CARD_SCHEMA_VERSION:
             raise ModelCardError(
                 f"The model card {where} has schema_version {found!r}; this version of "
-                f"sparkml-prod reads schema_version {CARD_SCHEMA_VERSION}. Score it with the "
+                f"sparkml-prod reads schema_version 1 to {CARD_SCHEMA_VERSION}. Score it with the "
                 "sparkml-prod release that trained it, or retrain the model."
             )
         try:
@@ -160,3 +188,31 @@ class ModelCard:
                 f"{error} The card is not one this library wrote: retrain the model, or "
                 "restore the file."
             ) from None
+
+
+def _upgrade_from_1(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """A version-1 card as version 2: it registered the selected fit, trained without a
+    run date."""
+    newer = [key for key in ("deployed", "run_date") if key in data]
+    if newer:
+        raise ModelCardError(
+            f"The model card {where} has schema_version 1 but the version-2 key "
+            f"'{newer[0]}'. The card is not one this library wrote: retrain the model, or "
+            "restore the file."
+        )
+    dates = data.get("as_of_dates")
+    counts = (data.get("matrix") or {}).get("rows_and_positives")
+    best = data.get("best_iteration")
+    train = dates.get("train") if isinstance(dates, dict) else None
+    rows = (counts.get("train") or {}).get("rows") if isinstance(counts, dict) else None
+    return {
+        **data,
+        "schema_version": CARD_SCHEMA_VERSION,
+        "deployed": {
+            "fit": "selected",
+            "snapshots": train if isinstance(train, list) else [],
+            "rows": rows if isinstance(rows, int) else 0,
+            "num_trees": best + 1 if isinstance(best, int) else None,
+        },
+        "run_date": None,
+    }

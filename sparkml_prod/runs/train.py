@@ -9,7 +9,10 @@ completeness and the sources' Delta versions, to which every later read is pinne
 the split's row and class counts, before the features are computed.
 
 The result is one registered version: the ``PipelineModel`` (feature stages + model
-stages) and its :class:`~sparkml_prod.registry.card.ModelCard`.
+stages) and its :class:`~sparkml_prod.registry.card.ModelCard`. With ``refit`` the
+registered model stages are the chosen params fitted again on every snapshot
+(:mod:`sparkml_prod.modeling.refit`); the card's metrics, and the promotion gate, stay
+those of the time-gapped fit.
 """
 
 from __future__ import annotations
@@ -30,17 +33,11 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from sparkml_prod._version import __version__
-from sparkml_prod.core.config import TrainConfig
+from sparkml_prod.core.config import HeldOutEntities, TrainConfig
 from sparkml_prod.core.errors import ConfigError, PromotionRefusedError
 from sparkml_prod.core.tables import is_path, table_path
 from sparkml_prod.core.time import naive_utc, require_utc_session
-from sparkml_prod.data.labels import (
-    TimeSplit,
-    check_labels_complete,
-    check_time_split,
-    labels_complete_until,
-    resolve_split,
-)
+from sparkml_prod.data.labels import check_labels_complete, labels_complete_until
 from sparkml_prod.data.matrix import (
     SPLIT_COL,
     TrainingMatrix,
@@ -49,9 +46,11 @@ from sparkml_prod.data.matrix import (
     source_versions,
 )
 from sparkml_prod.data.spine import as_of_timestamps
+from sparkml_prod.data.split import TimeSplit, check_held_out, check_time_split, resolve_split
 from sparkml_prod.features import load_feature_spec
 from sparkml_prod.features.spec import PipelineStage
 from sparkml_prod.modeling.backtest import BacktestFold, plan_backtest, run_backtest
+from sparkml_prod.modeling.refit import refit_all_snapshots, trees_used
 from sparkml_prod.modeling.training import (
     SearchResult,
     check_model_config,
@@ -64,6 +63,7 @@ from sparkml_prod.monitoring.profile import ReferenceProfile, reference_profile
 from sparkml_prod.registry import ModelRegistry
 from sparkml_prod.registry.card import (
     CARD_SCHEMA_VERSION,
+    DeployedModel,
     InputSchemas,
     LabelRule,
     MatrixRecord,
@@ -97,6 +97,8 @@ class TrainingRun:
     timings: dict[str, float]
     promoted_to: str | None
     promotion_note: str | None
+    as_of_dates: dict[str, list[str]]
+    deployed: DeployedModel
 
 
 @dataclass
@@ -135,9 +137,12 @@ def _check_config(config: TrainConfig) -> None:
             "evaluation.value_per_true_positive and evaluation.cost_per_action go together: "
             "set both or neither."
         )
-    if not config.split.validation:
+    if isinstance(config.split.validation, HeldOutEntities):
+        check_held_out(config.split.validation)
+    elif not config.split.validation:
         raise ConfigError(
-            "split.validation needs at least one as-of date (early stopping, search)."
+            "split.validation needs at least one as-of date (early stopping, search), or "
+            "{entity_share: 0.2} to validate on a held-out share of the training entities."
         )
 
 
@@ -195,6 +200,8 @@ def _card(
     complete_until: dt.datetime,
     timings: dict[str, float],
     profile: ReferenceProfile,
+    deployed: DeployedModel,
+    run_date: dt.date | None,
 ) -> ModelCard:
     """The card of the new version (the registry fills in its identity and file hashes)."""
     best = search.best
@@ -245,11 +252,30 @@ def _card(
         timings_s={k: round(v, 1) for k, v in timings.items()},
         reference_profile=profile.to_dict(),
         pipeline_sha256={},
+        deployed=deployed,
+        run_date=None if run_date is None else f"{run_date:%Y-%m-%d}",
     )
 
 
-def run_training(spark: SparkSession, config: TrainConfig) -> TrainingRun:
-    """Train, evaluate, report and register one model version (see the module docs)."""
+def _selected(
+    config: TrainConfig, plan: TrainingPlan, built: TrainingMatrix, best: Any
+) -> DeployedModel:
+    """The deployed-model record of the search's best candidate as fitted."""
+    return DeployedModel(
+        fit="selected",
+        snapshots=_show(plan.split.train),
+        rows=built.counts.get("train", {}).get("rows", 0),
+        num_trees=trees_used(config.model, best.params, best.best_iteration),
+    )
+
+
+def run_training(
+    spark: SparkSession, config: TrainConfig, run_date: dt.date | None = None
+) -> TrainingRun:
+    """Train, evaluate, report and register one model version (see the module docs).
+
+    ``run_date``: the date a retrain counted the split back from (recorded on the card).
+    """
     from sparkml_prod.modeling.evaluation import BusinessValue, evaluate, score_histogram
     from sparkml_prod.modeling.report import write_report
 
@@ -320,24 +346,57 @@ def run_training(spark: SparkSession, config: TrainConfig) -> TrainingRun:
         train_histogram = score_histogram(
             best.model.transform(matrix.where(F.col(SPLIT_COL) == "train"))
         )
-        importance = feature_importance(best.model, built.feature_columns)
-        profile = reference_profile(
-            matrix.where(F.col(SPLIT_COL) == "train"),
-            [f for f in built.feature_columns if f not in built.categorical_columns],
-            built.categorical_columns,
-            scored=best.model.transform(test_rows),
-        )
         backtest = (
             run_backtest(matrix, config.model, plan.folds, best.params, built.feature_columns)
             if plan.folds
             else None
         )
         timings["evaluation_s"] = time.perf_counter() - t0
+
+        deployed_stages, deployed, fit_rows = (
+            best.model,
+            _selected(config, plan, built, best),
+            (matrix.where(F.col(SPLIT_COL) == "train")),
+        )
+        if config.refit:
+            t0 = time.perf_counter()
+            deployed_stages = refit_all_snapshots(
+                matrix, config.model, best.params, best.best_iteration, built.feature_columns
+            )
+            deployed = DeployedModel(
+                fit="refit",
+                snapshots=_show(sorted({d for ds in plan.dates.values() for d in ds})),
+                rows=built.rows,
+                num_trees=trees_used(config.model, best.params, best.best_iteration),
+            )
+            fit_rows = matrix
+            timings["refit_s"] = time.perf_counter() - t0
+        # What monitoring compares scoring runs with: the features as the deployed model
+        # learnt them, its scores on the test snapshot.
+        importance = feature_importance(deployed_stages, built.feature_columns)
+        profile = reference_profile(
+            fit_rows,
+            [f for f in built.feature_columns if f not in built.categorical_columns],
+            built.categorical_columns,
+            scored=deployed_stages.transform(test_rows),
+        )
     finally:
         matrix.unpersist()
 
-    final = PipelineModel(stages=[*built.feature_model.stages, *best.model.stages])
-    card = _card(config, plan, built, search, metrics, backtest, complete_until, timings, profile)
+    final = PipelineModel(stages=[*built.feature_model.stages, *deployed_stages.stages])
+    card = _card(
+        config,
+        plan,
+        built,
+        search,
+        metrics,
+        backtest,
+        complete_until,
+        timings,
+        profile,
+        deployed,
+        run_date,
+    )
     extra: dict[str, object] = {
         "Data": {
             "as_of": card.as_of_dates,
@@ -349,6 +408,7 @@ def run_training(spark: SparkSession, config: TrainConfig) -> TrainingRun:
             "source_delta_versions": built.source_versions,
         },
         "Search log": search.log,
+        "Deployed model": dataclasses.asdict(deployed),
     }
     if backtest:
         extra["Backtest"] = backtest
@@ -375,6 +435,8 @@ def run_training(spark: SparkSession, config: TrainConfig) -> TrainingRun:
             float(metrics[search.metric]),
             search.metric,
             config.promotion_margin,
+            candidate_fit="time-gapped fit, before its refit" if config.refit else None,
+            test_dates=plan.split.test,
         )
         try:
             registry.promote(config.model_name, version.version, config.promote_to, gate=gate)
@@ -392,4 +454,6 @@ def run_training(spark: SparkSession, config: TrainConfig) -> TrainingRun:
         timings=timings,
         promoted_to=promoted,
         promotion_note=note,
+        as_of_dates=card.as_of_dates,
+        deployed=deployed,
     )
