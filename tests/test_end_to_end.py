@@ -57,6 +57,8 @@ stages:
     attributes: [plan]
   - type: categorical
     columns: [plan]
+  - type: ratios
+    ratios: {purchase_share_90d: [purchase_count_90d, event_count_90d]}
 """
 
 

@@ -216,9 +216,18 @@ def test_retrain_trains_on_the_run_dates_split_refits_and_gates_the_next_candida
 def test_linear_model_through_the_same_pipeline(
     spark: SparkSession, tables: dict[str, str], tmp_path: Path
 ) -> None:
+    # Recency is missing for users who never purchased: the Imputer fills it.
+    spec = tmp_path / "features.yaml"
+    spec.write_text(
+        "stages:\n"
+        "  - {type: window_aggregates, source: events, windows: [30d, 90d],"
+        " aggregations: [{agg: count}]}\n"
+        "  - {type: recency, source: events, filters: {purchase: \"event_type = 'purchase'\"}}\n"
+    )
     config = train_config(
         tables,
         tmp_path,
+        feature_spec=str(spec),
         model={
             "type": "pyspark.ml.classification.LogisticRegression",
             "standardize": True,
