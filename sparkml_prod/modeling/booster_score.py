@@ -89,7 +89,8 @@ class BoosterScore(Model, MLReadable["BoosterScore"], MLWritable):
 
     Build it from a trained booster with :meth:`from_booster`; ``numTrees`` is the number
     of boosting rounds to predict with (after early stopping: ``best_iteration + 1``, as
-    xgboost.spark predicts).
+    xgboost.spark predicts). Each task holds up to ``batchRows`` rows of its input in
+    Python, every column of them (``mapInArrow`` passes whole rows), not only the features.
 
     Examples
     --------
