@@ -196,13 +196,14 @@ def _monitor(args: argparse.Namespace) -> int:
         )
         print(f"dashboard: {path}")
         return 0
-    from sparkml_prod.monitoring.history import format_summary
+    from sparkml_prod.monitoring.history import format_outcomes, format_summary
     from sparkml_prod.runs.monitor import run_monitoring
 
     as_of = args.as_of or dt.datetime.now(dt.timezone.utc).date()
     run = run_monitoring(spark, config, as_of)  # fail_on_alert: MonitoringAlertError, 7
     print(f"monitoring run {run.run_id}: {len(run.records)} measurements in {run.seconds:.1f}s")
     print(format_summary(run.records))
+    print(format_outcomes(run.records))
     return 0
 
 

@@ -15,6 +15,7 @@ from sparkml_prod.core.time import timestamp_lit
 from sparkml_prod.monitoring.history import (
     alerts,
     check_alerts,
+    format_outcomes,
     format_summary,
     history_schema,
     read_history,
@@ -207,3 +208,63 @@ def test_format_summary_lists_alerts_then_warnings() -> None:
         "warn    2024-06-01  churn v3  challenger  missing_rate  region   0.12   0.1   0.25"
     )
     assert format_summary(ALERTS[:1]) == "None of 1 measurements warned or alerted."
+
+
+def test_format_outcomes_gives_the_realised_auc_interval_lift_uplift_and_pending_dates() -> None:
+    july = dt.date(2024, 7, 1)
+    challenger = {"variant": "challenger", "warn": None, "alert": None}
+    champion = {"warn": None, "alert": None}
+    records = [
+        record("psi", "spend", 0.3, "alert"),  # drift: not an outcome
+        record("n", None, 7008.0, "ok", **champion),
+        record(
+            "roc_auc",
+            None,
+            0.8,
+            "ok",
+            detail='{"delong": 0.0001, "low": 0.7804, "high": 0.8196}',
+            **champion,
+        ),
+        record("log_loss", None, 0.4, "ok", **champion),
+        record("top_decile_lift", None, 2.5, "ok", **champion),
+        record(
+            "uplift",
+            None,
+            0.02,
+            "ok",
+            detail='{"low": -0.01, "high": 0.05, "significant": false}',
+            **champion,
+        ),
+        record("uplift", "decile_1", 0.1, "ok", detail='{"low": 0.0, "high": 0.2}', **champion),
+        record("n", None, 700.0, "ok", **challenger),
+        record(
+            "roc_auc",
+            None,
+            0.78,
+            "ok",
+            detail='{"delong": 0.0004, "low": 0.7408, "high": 0.8192}',
+            **challenger,
+        ),
+        record(
+            "auc_difference",
+            None,
+            -0.02,
+            "ok",
+            detail='{"low": -0.1, "high": 0.06, "significant": false}',
+            **challenger,
+        ),
+        record(
+            "roc_auc", None, None, "pending", as_of=july, detail='{"evaluable_on": "2024-07-31"}'
+        ),
+    ]
+    assert format_outcomes(records) == (
+        "Realised performance:\n"
+        "2024-06-01  churn v3  challenger: n 700, ROC AUC 0.7800 [0.7408, 0.8192], AUC vs "
+        "champion -0.0200 [-0.1000, +0.0600] (not significant)\n"
+        "2024-06-01  churn v3  champion: n 7,008, ROC AUC 0.8000 [0.7804, 0.8196], log loss "
+        "0.4000, top-decile lift 2.50, uplift +0.0200 [-0.0100, +0.0500] (not significant)\n"
+        "2024-07-01  churn v3  champion: pending, evaluable on 2024-07-31"
+    )
+    assert format_outcomes(records[:1]) == (
+        "Realised performance: no scored date was evaluated in this run."
+    )

@@ -180,9 +180,13 @@ def test_auc_difference_matches_numpy_delong(records: dict, data: dict) -> None:
         "level": 0.95,
         "champion_version": 3,
     }
-    assert json.loads(records["challenger", "roc_auc"].detail)["delong"] == pytest.approx(
-        var_1, rel=1e-9
-    )
+    half_1 = norm.ppf(0.975) * np.sqrt(var_1)
+    assert json.loads(records["challenger", "roc_auc"].detail) == {
+        "delong": pytest.approx(var_1, rel=1e-9),
+        "low": pytest.approx(auc_1 - half_1, abs=1e-9),
+        "high": pytest.approx(auc_1 + half_1, abs=1e-9),
+        "level": 0.95,
+    }
 
 
 def test_auc_difference_level() -> None:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 from collections.abc import Sequence
 
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -76,6 +77,7 @@ __all__ = [
     "collect_records",
     "alerts",
     "check_alerts",
+    "format_outcomes",
     "format_summary",
 ]
 
@@ -300,6 +302,68 @@ def format_summary(records: Sequence[MetricRecord]) -> str:
         f"({n_alert} alert, {len(flagged) - n_alert} warn):"
     )
     return "\n".join([title, *lines])
+
+
+# Realised-performance and impact metrics of a whole variant (no feature) the outcome
+# summary shows.
+_OUTCOMES = ("n", "roc_auc", "log_loss", "top_decile_lift", "auc_difference", "uplift")
+
+
+def format_outcomes(records: Sequence[MetricRecord]) -> str:
+    """One line per scored date, model version and variant whose outcomes this run measured:
+    realised AUC with its DeLong interval, log loss, top-decile lift, the
+    challenger's AUC difference and the action's overall uplift on the targeted users;
+    or the date a pending one becomes evaluable.
+
+    Examples
+    --------
+    >>> print(format_outcomes(records))  # doctest: +SKIP
+    Realised performance:
+    2024-06-01  churn v3  champion: n 7,008, ROC AUC 0.8139 [0.8021, 0.8257], ...
+    2024-07-01  churn v3  champion: pending, evaluable on 2024-07-31
+    """
+    found: dict[tuple[dt.date, str, int, str], dict[str, MetricRecord]] = {}
+    for r in records:
+        if r.feature is None and r.metric in _OUTCOMES:
+            key = (r.as_of, r.model_name, r.model_version, r.variant)
+            found.setdefault(key, {})[r.metric] = r
+    lines = []
+    for (as_of, name, version, variant), metrics in sorted(found.items()):
+        who = f"{as_of}  {name} v{version}  {variant}"
+        auc = metrics.get("roc_auc")
+        if auc is None:
+            continue
+        detail = json.loads(auc.detail or "{}")
+        if auc.status == "pending":
+            lines.append(f"{who}: pending, evaluable on {detail.get('evaluable_on', '?')}")
+            continue
+        if auc.value is None:
+            lines.append(f"{who}: no AUC ({detail.get('reason', auc.status)})")
+            continue
+        parts = [f"n {int(metrics['n'].value or 0):,}" if "n" in metrics else "n ?"]
+        low, high = detail.get("low"), detail.get("high")
+        interval = f" [{low:.4f}, {high:.4f}]" if low is not None and high is not None else ""
+        parts.append(f"ROC AUC {auc.value:.4f}{interval}")
+        for metric, label, digits in (
+            ("log_loss", "log loss", 4),
+            ("top_decile_lift", "top-decile lift", 2),
+        ):
+            value = metrics[metric].value if metric in metrics else None
+            if value is not None:
+                parts.append(f"{label} {value:.{digits}f}")
+        for metric, label in (("auc_difference", "AUC vs champion"), ("uplift", "uplift")):
+            record = metrics.get(metric)
+            if record is not None and record.value is not None:
+                extra = json.loads(record.detail or "{}")
+                verdict = "significant" if extra.get("significant") else "not significant"
+                parts.append(
+                    f"{label} {record.value:+.4f} [{extra['low']:+.4f}, {extra['high']:+.4f}] "
+                    f"({verdict})"
+                )
+        lines.append(f"{who}: " + ", ".join(parts))
+    if not lines:
+        return "Realised performance: no scored date was evaluated in this run."
+    return "\n".join(["Realised performance:", *lines])
 
 
 # -- helpers ---------------------------------------------------------------------------

@@ -30,7 +30,9 @@ one half), and
     S01 = sum_b negatives_b * (V01_b - AUC)^2 / (k - 1)
     Var(AUC) = S10 / m + S01 / k.
 
-The record ``auc_difference`` (variant ``challenger``) holds
+Each ``roc_auc`` record's ``detail`` holds DeLong's variance (``delong``) and the interval
+``AUC +- z * sqrt(Var)`` (``low``, ``high``, ``level``). The record ``auc_difference``
+(variant ``challenger``) holds
 ``diff = AUC_challenger - AUC_champion`` and the interval
 ``diff +- z * sqrt(Var_challenger + Var_champion)`` with ``z`` the two-sided normal
 quantile of ``level``; it is ``significant`` when the interval excludes 0. Shadow scores
@@ -341,10 +343,15 @@ def realised_performance(
             auc_var = delong_variance(bins)
             aucs.setdefault(variant, []).append((version, (metrics["roc_auc"], auc_var[1])))
             error, deciles = _calibration(bins)
+            half = two_sided_z(level) * math.sqrt(auc_var[1])
+            interval = {
+                "delong": auc_var[1],
+                "low": metrics["roc_auc"] - half,
+                "high": metrics["roc_auc"] + half,
+                "level": level,
+            }
             records += [
-                record(
-                    variant, version, "roc_auc", metrics["roc_auc"], detail={"delong": auc_var[1]}
-                ),
+                record(variant, version, "roc_auc", metrics["roc_auc"], detail=interval),
                 record(variant, version, "log_loss", metrics["log_loss"]),
                 record(variant, version, "calibration", error, detail={"deciles": deciles}),
                 record(variant, version, "top_decile_lift", metrics["deciles"][0]["lift"]),

@@ -192,10 +192,12 @@ def _row_count_change(
     return out
 
 
-def _evaluated_dates(spark: SparkSession, config: MonitorConfig) -> set[dt.date]:
-    """Scored dates whose realised AUC the history already holds as complete."""
+def _evaluated_dates(spark: SparkSession, config: MonitorConfig, run_id: str) -> set[dt.date]:
+    """Scored dates whose realised AUC the history already holds as complete, from runs
+    other than ``run_id`` (a rerun replaces that run's rows, so it evaluates them again)."""
     history = read_history(spark, config.history_table, config.model_name, metrics=["roc_auc"])
-    done = history.where(F.col("status") != "pending").select("as_of").distinct().collect()
+    kept = (F.col("status") != "pending") & (F.col("run_id") != F.lit(run_id))
+    done = history.where(kept).select("as_of").distinct().collect()
     return {r["as_of"] for r in done}
 
 
@@ -273,12 +275,12 @@ def run_monitoring(spark: SparkSession, config: MonitorConfig, as_of: dt.date) -
         .distinct()
         .collect()
     )
-    done = _evaluated_dates(spark, config)
+    run_id = f"{config.model_name}@{as_of.isoformat()}"
+    done = _evaluated_dates(spark, config, run_id)
     records += _realised(
         spark, config, registry, scores, [d for d in scored_dates if d not in done]
     )
 
-    run_id = f"{config.model_name}@{as_of.isoformat()}"
     write_history(spark, config.history_table, run_id, records, computed_at=utc_now())
     log.info("monitoring run %s: %d records into %s", run_id, len(records), config.history_table)
     check_alerts(records, config.fail_on_alert)

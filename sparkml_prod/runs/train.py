@@ -29,7 +29,7 @@ from typing import Any
 
 from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from sparkml_prod._version import __version__
@@ -257,16 +257,22 @@ def _card(
     )
 
 
-def _selected(
-    config: TrainConfig, plan: TrainingPlan, built: TrainingMatrix, best: Any
-) -> DeployedModel:
-    """The deployed-model record of the search's best candidate as fitted."""
-    return DeployedModel(
-        fit="selected",
-        snapshots=_show(plan.split.train),
-        rows=built.counts.get("train", {}).get("rows", 0),
-        num_trees=trees_used(config.model, best.params, best.best_iteration),
+def _deployed_fit(
+    config: TrainConfig, plan: TrainingPlan, built: TrainingMatrix, best: Any, matrix: DataFrame
+) -> tuple[PipelineModel, DeployedModel, DataFrame]:
+    """The model stages to register, their record, and the rows they were fitted on: the
+    search's best candidate as fitted, or with ``refit`` its params fitted on every
+    snapshot (:mod:`sparkml_prod.modeling.refit`)."""
+    trees = trees_used(config.model, best.params, best.best_iteration)
+    if not config.refit:
+        train_rows = built.counts.get("train", {}).get("rows", 0)
+        selected = DeployedModel("selected", _show(plan.split.train), train_rows, trees)
+        return best.model, selected, matrix.where(F.col(SPLIT_COL) == "train")
+    refitted = refit_all_snapshots(
+        matrix, config.model, best.params, best.best_iteration, built.feature_columns
     )
+    snapshots = _show(sorted({d for dates in plan.dates.values() for d in dates}))
+    return refitted, DeployedModel("refit", snapshots, built.rows, trees), matrix
 
 
 def run_training(
@@ -353,23 +359,9 @@ def run_training(
         )
         timings["evaluation_s"] = time.perf_counter() - t0
 
-        deployed_stages, deployed, fit_rows = (
-            best.model,
-            _selected(config, plan, built, best),
-            (matrix.where(F.col(SPLIT_COL) == "train")),
-        )
+        t0 = time.perf_counter()
+        deployed_stages, deployed, fit_rows = _deployed_fit(config, plan, built, best, matrix)
         if config.refit:
-            t0 = time.perf_counter()
-            deployed_stages = refit_all_snapshots(
-                matrix, config.model, best.params, best.best_iteration, built.feature_columns
-            )
-            deployed = DeployedModel(
-                fit="refit",
-                snapshots=_show(sorted({d for ds in plan.dates.values() for d in ds})),
-                rows=built.rows,
-                num_trees=trees_used(config.model, best.params, best.best_iteration),
-            )
-            fit_rows = matrix
             timings["refit_s"] = time.perf_counter() - t0
         # What monitoring compares scoring runs with: the features as the deployed model
         # learnt them, its scores on the test snapshot.
