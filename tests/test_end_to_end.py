@@ -31,6 +31,7 @@ from sparkml_prod.core.config import MonitorConfig, ScoreConfig, TrainConfig, fr
 from sparkml_prod.core.errors import ModelIntegrityError, SourceVersionError
 from sparkml_prod.core.tables import read_table, write_table
 from sparkml_prod.data.synthetic import SyntheticSpec, generate_events, generate_user_attributes
+from sparkml_prod.modeling.evaluation import evaluate
 from sparkml_prod.registry import ModelRegistry
 from sparkml_prod.registry.card import CARD_FILE
 from sparkml_prod.registry.loading import pipeline_file_hashes
@@ -103,6 +104,15 @@ def trained(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Tr
     run = run_training(spark, config)
     assert run.promoted_to == "production"
     assert run.as_of_dates["validation"] == []
+    # The registered model scores through BoosterScore with early stopping's trees: its
+    # test metrics are the ones training measured with xgboost.spark's own stages.
+    card = ModelRegistry(spark, config.registry_root).get("m@production").card
+    test_spine = read_table(spark, config.matrix_table).where(F.col("split") == "test")
+    registered = ModelRegistry(spark, config.registry_root).load("m@production")
+    scored = evaluate(registered.transform(test_spine.select("user_id", "as_of", "label")))
+    assert card.best_iteration is not None
+    assert scored["roc_auc"] == pytest.approx(card.metrics["roc_auc"], rel=1e-12)
+    assert scored["log_loss"] == pytest.approx(card.metrics["log_loss"], rel=1e-12)
     return Trained(root, tables["events"], config, run.version)
 
 
@@ -323,26 +333,6 @@ def test_a_stage_class_outside_the_allowlist_refuses_to_load(
         "and run its code. If the class is yours and trusted, add it (or its package "
         "prefix, ending in '.') to the configured allowlist (extra_allowed); otherwise "
         "re-register the model from training."
-    )
-
-
-def test_serialized_callbacks_refuse_to_load(
-    spark: SparkSession, trained: Trained, tmp_path: Path, served: str
-) -> None:
-    root, model_dir = copied_model(trained, tmp_path)
-    params = stage_metadata(model_dir, "SparkXGBClassifierModel")
-    metadata = json.loads(params.read_text())
-    metadata["serialized_callbacks"] = "gAWVAAAAAAAAAAA="
-    rewrite(params, json.dumps(metadata))
-    rehash(spark, root, model_dir)
-    stage = params.parent.parent.relative_to(model_dir).as_posix()
-    assert refused(spark, trained, root, tmp_path, served) == (
-        f"Model 'm/1': the stage in '{stage}' (class "
-        "'xgboost.spark.estimator.SparkXGBClassifierModel') carries 'serialized_callbacks' "
-        f"in its metadata ('{params.relative_to(model_dir).as_posix()}'). XGBoost callbacks "
-        "are saved as pickled code (cloudpickle) that loading would run, so they are "
-        "refused; nothing was loaded. Train the model without callbacks (drop 'callbacks' "
-        "from the model params) and register it again."
     )
 
 

@@ -32,6 +32,7 @@ from sparkml_prod.data.synthetic import (
     generate_user_attributes,
 )
 from sparkml_prod.features import load_feature_spec
+from sparkml_prod.modeling.booster_score import BoosterScore
 from sparkml_prod.modeling.evaluation import evaluate
 from sparkml_prod.modeling.training import fit_candidate
 from sparkml_prod.registry import ModelRegistry
@@ -103,8 +104,11 @@ def write_config(tables: dict[str, str], root: Path, name: str, **overrides: Any
     return str(path)
 
 
-def booster_of(model: PipelineModel) -> Any:
-    return next(s for s in model.stages if hasattr(s, "get_booster")).get_booster()
+def scoring_stage(model: PipelineModel) -> BoosterScore:
+    """The registered model's scoring stage: XGBoost scores through BoosterScore."""
+    *_, last = model.stages
+    assert isinstance(last, BoosterScore), model.stages
+    return last
 
 
 @pytest.mark.slow
@@ -170,7 +174,10 @@ def test_retrain_trains_on_the_run_dates_split_refits_and_gates_the_next_candida
         num_trees=card.best_iteration + 1,
     )
     deployed = registry.load_version(champion)
-    assert booster_of(deployed).num_boosted_rounds() == card.best_iteration + 1
+    assert len(deployed.stages) == card.feature_stage_count + 1
+    stage = scoring_stage(deployed)
+    assert stage.getBooster().num_boosted_rounds() == stage.getNumTrees() == card.best_iteration + 1
+    assert stage.getFeatureCols() == card.feature_names
     # The card keeps the time-gapped judgement: the refit has seen the test snapshot's
     # labels, so it scores higher there than the metrics it was promoted on.
     labelled_test = test_rows.select("user_id", "as_of", "label").cache()
@@ -205,6 +212,7 @@ def test_retrain_trains_on_the_run_dates_split_refits_and_gates_the_next_candida
     ) in out
     assert registry.aliases("purchase_30d") == {"production": 1}
     assert (candidate.deployed.fit, candidate.deployed.num_trees) == ("selected", 2)
+    assert scoring_stage(registry.load_version(registry.get("purchase_30d/2"))).getNumTrees() == 2
     # The same gate with a margin the candidate meets moves the alias.
     lenient = comparison_gate(
         registry, labelled_test, candidate.metrics["roc_auc"], "roc_auc", -1.0

@@ -380,7 +380,10 @@ def model_description(model: ModelConfig, params: Mapping[str, Any]) -> str:
     if model.type == "xgboost":
         import xgboost
 
-        kind = f"XGBoost {xgboost.__version__} (xgboost.spark.SparkXGBClassifier)"
+        kind = (
+            f"XGBoost {xgboost.__version__} (trained by xgboost.spark.SparkXGBClassifier, "
+            "scored by sparkml_prod BoosterScore)"
+        )
         extra = (
             f", num_workers={model.num_workers}, early_stopping_rounds="
             f"{model.early_stopping_rounds}"

@@ -111,8 +111,8 @@ class Storage:
             stream.close()
         return bytes(digest.digest()).hex()
 
-    def read_text(self, location: str, alias: bool = False) -> str | None:
-        """The file's text, or None when it does not exist."""
+    def read_bytes(self, location: str, alias: bool = False) -> bytes | None:
+        """The file's bytes, or None when it does not exist."""
         fs = self._alias_fs if alias else self.fs
         try:
             stream = fs.open(self.path(location))
@@ -121,15 +121,24 @@ class Storage:
                 return None
             raise
         try:
-            return bytes(stream.readAllBytes()).decode("utf-8")
+            return bytes(stream.readAllBytes())
         finally:
             stream.close()
 
-    def write_text(self, location: str, text: str, alias: bool = False) -> None:
+    def write_bytes(self, location: str, data: bytes, alias: bool = False) -> None:
+        """Create or replace the file with ``data``."""
         fs = self._alias_fs if alias else self.fs
         stream = fs.create(self.path(location), True)
-        stream.write(bytearray(text.encode("utf-8")))
-        stream.close()
+        stream.write(bytearray(data))
+        stream.close()  # not on a failed write: an object store would upload the part
+
+    def read_text(self, location: str, alias: bool = False) -> str | None:
+        """The file's text, or None when it does not exist."""
+        data = self.read_bytes(location, alias)
+        return None if data is None else data.decode("utf-8")
+
+    def write_text(self, location: str, text: str, alias: bool = False) -> None:
+        self.write_bytes(location, text.encode("utf-8"), alias)
 
     def copy_in(self, source: str, target: str) -> None:
         """Copy a directory tree from any file system (``file:`` URIs for local ones)."""

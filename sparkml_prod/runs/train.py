@@ -275,6 +275,23 @@ def _deployed_fit(
     return refitted, DeployedModel("refit", snapshots, built.rows, trees), matrix
 
 
+def _scoring_stages(
+    config: TrainConfig, fitted: PipelineModel, features: Sequence[str], deployed: DeployedModel
+) -> PipelineModel:
+    """The registered model stages: for XGBoost one :class:`~sparkml_prod.modeling.
+    booster_score.BoosterScore` with the trained booster and its number of trees (no
+    vector, no per-row objects when scoring), else the fitted stages themselves."""
+    if config.model.type != "xgboost":
+        return fitted
+    from sparkml_prod.modeling.booster_score import BoosterScore
+
+    (classifier,) = [s for s in fitted.stages if hasattr(s, "get_booster")]
+    booster = classifier.get_booster()
+    trees = deployed.num_trees or booster.num_boosted_rounds()
+    stage = BoosterScore.from_booster(booster, features, trees, nthread=config.model.task_cpus)
+    return PipelineModel(stages=[stage])
+
+
 def run_training(
     spark: SparkSession, config: TrainConfig, run_date: dt.date | None = None
 ) -> TrainingRun:
@@ -363,19 +380,21 @@ def run_training(
         deployed_stages, deployed, fit_rows = _deployed_fit(config, plan, built, best, matrix)
         if config.refit:
             timings["refit_s"] = time.perf_counter() - t0
+        importance = feature_importance(deployed_stages, built.feature_columns)
+        # XGBoost scores through BoosterScore (Arrow batches), the same scores as its stages.
+        scoring = _scoring_stages(config, deployed_stages, built.feature_columns, deployed)
         # What monitoring compares scoring runs with: the features as the deployed model
         # learnt them, its scores on the test snapshot.
-        importance = feature_importance(deployed_stages, built.feature_columns)
         profile = reference_profile(
             fit_rows,
             [f for f in built.feature_columns if f not in built.categorical_columns],
             built.categorical_columns,
-            scored=deployed_stages.transform(test_rows),
+            scored=scoring.transform(test_rows),
         )
     finally:
         matrix.unpersist()
 
-    final = PipelineModel(stages=[*built.feature_model.stages, *deployed_stages.stages])
+    final = PipelineModel(stages=[*built.feature_model.stages, *scoring.stages])
     card = _card(
         config,
         plan,
