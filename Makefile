@@ -13,7 +13,7 @@ MASTER ?= local[2]
 FIRST_AS_OF ?= 2024-06-01
 SCORE_AS_OF ?= 2024-07-01
 SUBMIT := PYSPARK_PYTHON=$(abspath $(PY)) PYSPARK_DRIVER_PYTHON=$(abspath $(PY)) \
-	$(VENV)/bin/spark-submit --master '$(MASTER)' --packages $(DELTA_ARTIFACT) \
+	$(VENV)/bin/spark-submit --master '$(MASTER)' --jars "$$($(PY) -m sparkml_prod.core.jars)" \
 	--py-files dist/sparkml_prod.zip --driver-memory 4g --conf spark.sql.shuffle.partitions=8 \
 	--conf spark.databricks.delta.snapshotPartitions=2 \
 	--driver-java-options -Dlog4j2.configurationFile=$(CURDIR)/conf/log4j2.properties

@@ -25,7 +25,8 @@ c. ``Booster.inplace_predict`` in this process on the matrix read into NumPy (fl
    read before the clock starts), ``nthread=2``: the single-process baseline.
 
 Then, untimed, the scores of (a) and (b) are compared with (c) row by row. Results go to
-``bench-output/booster_scoring.json``.
+``bench-output/booster_scoring.json``, and the goal row (a against c, at most 2.5x) to
+``bench/results/booster_scoring_<rows>.json``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import xgboost  # noqa: E402
 from pyspark.ml import PipelineModel  # noqa: E402
 from pyspark.sql import DataFrame, SparkSession  # noqa: E402
+from results import Goal, write_results  # noqa: E402
 from timing import best_of_with_cpu  # noqa: E402
 
 from sparkml_prod.core.config import ModelConfig  # noqa: E402
@@ -237,6 +239,25 @@ def main(argv: list[str] | None = None) -> int:
             },
             indent=2,
         )
+    )
+    label = f"{rows // 1_000_000}m" if rows % 1_000_000 == 0 else str(rows)
+    sizes = {"rows": rows, "features": len(features), "trees": booster.num_boosted_rounds()}
+    goal = Goal(
+        f"scoring_model_stage_{label}",
+        "model stage on a pre-computed matrix, Delta read + score + Delta write of "
+        "(id, score), local[2]",
+        a_s,
+        "Booster.inplace_predict nthread=2 in one process, in memory",
+        c_s,
+        2.5,
+        sizes=sizes,
+        note=f"CPU seconds: BoosterScore {a_cpu:.1f}, inplace_predict {c_cpu:.1f}; "
+        f"xgboost.spark stages {b_s:.1f} s wall ({b_s / c_s:.1f}x)",
+    )
+    write_results(
+        f"booster_scoring_{label}",
+        [goal],
+        [{"what": n, "seconds": round(s, 2), "cpu_seconds": round(c, 2)} for n, s, c in results],
     )
     spark.stop()
     return 0

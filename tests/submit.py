@@ -12,11 +12,20 @@ from pathlib import Path
 
 from standalone import log_tail, stop_process_groups
 
+from sparkml_prod.core.jars import cached_jars, delta_packages
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable  # the virtualenv's interpreter, not resolved: the venv needs its path
 SPARK_SUBMIT = Path(PYTHON).parent / "spark-submit"
 DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.0"
 LOG4J2 = ROOT / "conf" / "log4j2.properties"
+
+
+def delta_jar_args() -> list[str]:
+    """``--jars`` with Delta's remembered local classpath (no Ivy resolution at each
+    submit), or ``--packages`` when none is remembered yet."""
+    jars = cached_jars(delta_packages())
+    return ["--jars", ",".join(jars)] if jars else ["--packages", DELTA_PACKAGE]
 
 
 def package_zip(target: Path) -> Path:
@@ -50,8 +59,7 @@ def submit_local(
         str(SPARK_SUBMIT),
         "--master",
         "local[2]",
-        "--packages",
-        DELTA_PACKAGE,
+        *delta_jar_args(),
         "--py-files",
         str(py_files),
         "--driver-memory",

@@ -28,7 +28,7 @@ from pyspark.ml import Pipeline
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from standalone import log_tail, standalone_cluster, stop_process_groups
-from submit import clean_env, package_zip
+from submit import clean_env, delta_jar_args, package_zip
 
 from sparkml_prod.core.config import ModelConfig, ScoreConfig, ScoringSpineConfig
 from sparkml_prod.core.tables import read_table, write_table
@@ -44,7 +44,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable  # the virtualenv's interpreter, not resolved: the venv needs its path
 VENV_BIN = Path(PYTHON).parent
 SITE_PACKAGES = sysconfig.get_paths()["purelib"]
-DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.0"
 SPEC = SyntheticSpec(n_users=400, start=dt.date(2023, 1, 1), end=dt.date(2023, 5, 1), seed=11)
 AS_OF = dt.date(2023, 4, 15)
 COMPARED = ["user_id", "as_of", "score", "model_name", "model_version", "variant"]
@@ -213,8 +212,7 @@ def test_spark_submit_on_a_standalone_cluster_scores_as_local_mode_does(
             master,
             "--deploy-mode",
             "client",
-            "--packages",
-            DELTA_PACKAGE,
+            *delta_jar_args(),
             "--py-files",
             str(py_files),
             "--total-executor-cores",

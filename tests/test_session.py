@@ -5,11 +5,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 
+from sparkml_prod.core.jars import cache_file, cached_jars, delta_packages, remember_jars
 from sparkml_prod.core.session import REQUIRED_DEFAULTS
 
 DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.0"
@@ -86,3 +88,44 @@ def test_under_spark_submit_the_given_master_and_conf_are_kept(tmp_path: Path) -
         "spark.sql.extensions": REQUIRED_DEFAULTS["spark.sql.extensions"],
         "spark.app.name": "submitted",
     }
+
+
+def test_delta_packages_follow_the_installed_versions() -> None:
+    assert delta_packages() == [DELTA_PACKAGE]
+    assert delta_packages(["org.postgresql:postgresql:42.7.4"]) == [
+        DELTA_PACKAGE,
+        "org.postgresql:postgresql:42.7.4",
+    ]
+
+
+def test_remembered_jars_serve_until_one_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPARKML_PROD_CACHE", str(tmp_path / "cache"))
+    jars = [tmp_path / "ivy" / "a b.jar", tmp_path / "ivy" / "c.jar"]
+    jars[0].parent.mkdir()
+    for jar in jars:
+        jar.write_bytes(b"PK")
+    packages = ["g:a:1"]
+    assert cached_jars(packages) is None
+
+    remember_jars(packages, ",".join(jar.as_uri() for jar in jars))
+    assert cached_jars(packages) == [str(jars[0]), str(jars[1])]
+    assert cached_jars(["g:a:2"]) is None  # another package list, another file
+
+    jars[1].unlink()
+    assert cached_jars(packages) is None
+    remember_jars(["g:b:1"], ",".join(jar.as_uri() for jar in jars))  # a jar missing
+    assert not cache_file(["g:b:1"]).exists()
+
+
+def test_the_test_session_loads_delta_from_the_remembered_classpath(
+    spark: SparkSession,
+) -> None:
+    # `make setup` resolved Delta once; every later start (this suite's session) takes the
+    # remembered jars instead of resolving spark.jars.packages again.
+    remembered = cached_jars(delta_packages())
+    assert remembered is not None and len(remembered) == 33
+    assert spark.conf.get("spark.jars.packages", None) is None
+    loaded = [urlparse(uri).path for uri in spark.conf.get("spark.jars").split(",")]
+    assert loaded == remembered

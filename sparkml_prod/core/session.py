@@ -1,7 +1,9 @@
 """The one SparkSession factory of the library.
 
 Locally (a plain ``python`` process) :func:`get_spark` builds a ``local[*]`` session with
-Delta Lake's SQL extension, catalog and jars, a UTC session time zone and quiet logs.
+Delta Lake's SQL extension, catalog and jars (from the classpath remembered by
+:mod:`sparkml_prod.core.jars`, resolved through Ivy only the first time), a UTC session
+time zone and quiet logs.
 Inside ``spark-submit`` (or any process whose JVM was started for it) it keeps the
 master and conf it was given and only fills in the settings the library cannot work
 without, when they are absent.
@@ -102,8 +104,6 @@ def get_spark(
                 builder = builder.config(key, value)
         return builder.getOrCreate()
 
-    from delta import configure_spark_with_delta_pip
-
     settings = {
         **REQUIRED_DEFAULTS,
         **LOCAL_DEFAULTS,
@@ -117,7 +117,22 @@ def get_spark(
     ).appName(app_name)
     for key, value in settings.items():
         builder = builder.config(key, value)
-    spark = configure_spark_with_delta_pip(builder, extra_packages=extra_packages).getOrCreate()
+    # Delta's jars: from the remembered local classpath, or resolved once through Ivy
+    # (always when the caller asks for packages of their own).
+    from sparkml_prod.core.jars import cached_jars, delta_packages, remember_jars
+
+    packages = delta_packages(extra_packages)
+    given_packages = [p for p in settings.get("spark.jars.packages", "").split(",") if p]
+    given_jars = [j for j in settings.get("spark.jars", "").split(",") if j]
+    jars = None if given_packages else cached_jars(packages)
+    if jars is not None:
+        builder = builder.config("spark.jars", ",".join([*jars, *given_jars]))
+    else:
+        builder = builder.config("spark.jars.packages", ",".join([*packages, *given_packages]))
+    spark = builder.getOrCreate()
+    if jars is None and not given_packages:
+        resolved = spark.sparkContext.getConf().get("spark.jars", "").split(",")
+        remember_jars(packages, ",".join(j for j in resolved if j and j not in given_jars))
     spark.sparkContext.setLogLevel("WARN")
     return spark
 

@@ -2,9 +2,10 @@
 
 xgboost.spark's model stage needs a ``VectorAssembler`` and builds a Python list and a
 vector per row; this stage hands whole Arrow batches of the feature columns to
-``Booster.inplace_predict`` through ``DataFrame.mapInArrow``: no vector, no per-row
-Python object. The scores are those of ``booster.inplace_predict(X, iteration_range=(0,
-numTrees))`` on the same rows, bit for bit (float32, widened to double).
+``Booster.inplace_predict`` through a scalar Arrow UDF: no vector, no per-row Python
+object, and only the feature columns cross to Python. The scores are those of
+``booster.inplace_predict(X, iteration_range=(0, numTrees))`` on the same rows, bit for
+bit (float32, widened to double).
 
 Per ``transform`` the booster's bytes are broadcast once; each task loads one Booster
 and predicts on ``batchRows`` rows at a time (whole Arrow batches, accumulated). A
@@ -39,7 +40,8 @@ from pyspark.ml.util import (
     MLWriter,
 )
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql.types import DoubleType, StructField, StructType
+from pyspark.sql import functions as F
+from pyspark.sql.types import DoubleType
 
 from sparkml_prod.core.errors import ModelIntegrityError, SchemaError
 from sparkml_prod.core.tables import NUMERIC, require_columns
@@ -89,8 +91,8 @@ class BoosterScore(Model, MLReadable["BoosterScore"], MLWritable):
 
     Build it from a trained booster with :meth:`from_booster`; ``numTrees`` is the number
     of boosting rounds to predict with (after early stopping: ``best_iteration + 1``, as
-    xgboost.spark predicts). Each task holds up to ``batchRows`` rows of its input in
-    Python, every column of them (``mapInArrow`` passes whole rows), not only the features.
+    xgboost.spark predicts). Each task holds up to ``batchRows`` rows of the feature
+    columns in Python; the other columns stay in the JVM.
 
     Examples
     --------
@@ -257,17 +259,22 @@ class BoosterScore(Model, MLReadable["BoosterScore"], MLWritable):
                 f"BoosterScore would add column '{output}' that its input already has; drop "
                 "it from the input or set outputCol to another name."
             )
-        schema = StructType([*dataset.schema.fields, StructField(output, DoubleType(), False)])
-        score = partial(
+        score_task = partial(
             _score_batches,
             raw=dataset.sparkSession.sparkContext.broadcast(self._require_raw()),
             features=features,
-            output=output,
             num_trees=self.getNumTrees(),
             nthread=self.getNthread(),
             batch_rows=self.getBatchRows(),
         )
-        return dataset.mapInArrow(score, schema)
+
+        # A scalar Arrow UDF (an iterator of batches, so one booster per task): only the
+        # feature columns travel to Python; the JVM keeps the others beside each score.
+        @F.arrow_udf(DoubleType())  # type: ignore[call-overload]
+        def score(batches: Iterator[tuple[pa.Array, ...]]) -> Iterator[pa.Array]:
+            return score_task(batches)
+
+        return dataset.withColumn(output, score(*[F.col(f"`{name}`") for name in features]))
 
     def write(self) -> MLWriter:
         return _BoosterScoreWriter(self)
@@ -287,61 +294,58 @@ def _load_booster(raw: bytes) -> xgboost.Booster:
 
 
 def _score_batches(
-    batches: Iterator[pa.RecordBatch],
+    batches: Iterator[tuple[pa.Array, ...]],
     *,
     raw: Broadcast[bytes],
     features: list[str],
-    output: str,
     num_trees: int,
     nthread: int,
     batch_rows: int,
-) -> Iterator[pa.RecordBatch]:
-    """One task: each input batch with its score column, predicted ``batch_rows`` at a time.
+) -> Iterator[pa.Array]:
+    """One task: the scores of each input batch, predicted ``batch_rows`` rows at a time.
 
     Batches are never sliced (XGBoost reads an Arrow array's buffers from their start):
-    a batch joins the pending ones unless that would pass ``batch_rows``.
+    a batch joins the pending ones unless that would pass ``batch_rows``. Scores come out
+    in input order, as many as rows went in.
     """
     booster = _load_booster(raw.value)
     booster.set_param({"nthread": nthread})
-    predict = partial(_with_scores, booster, features, output, num_trees)
-    pending: list[pa.RecordBatch] = []
+    predict = partial(_scores, booster, features, num_trees)
+    pending: list[tuple[pa.Array, ...]] = []
     rows = 0
     for batch in batches:
-        if pending and rows + batch.num_rows > batch_rows:
+        size = len(batch[0])
+        if pending and rows + size > batch_rows:
             yield from predict(pending)
             pending, rows = [], 0
         pending.append(batch)
-        rows += batch.num_rows
+        rows += size
     if pending:
         yield from predict(pending)
 
 
-def _with_scores(
+def _scores(
     booster: xgboost.Booster,
     features: list[str],
-    output: str,
     num_trees: int,
-    batches: list[pa.RecordBatch],
-) -> Iterator[pa.RecordBatch]:
-    rows = sum(batch.num_rows for batch in batches)
-    if rows:
-        table = pa.Table.from_batches(batches)
-        # inplace_predict takes an Arrow table (nulls are missing) of integer, float and
-        # boolean columns, not decimals.
-        columns = [_readable(table.column(name)) for name in features]
-        matrix = pa.Table.from_arrays(columns, names=features)
+    batches: list[tuple[pa.Array, ...]],
+) -> Iterator[pa.Array]:
+    # inplace_predict takes an Arrow table (nulls are missing) of integer, float and
+    # boolean columns, not decimals.
+    columns = [
+        _readable(pa.chunked_array([batch[i] for batch in batches], type=batches[0][i].type))
+        for i in range(len(features))
+    ]
+    matrix = pa.Table.from_arrays(columns, names=features)
+    if matrix.num_rows:
         scores = booster.inplace_predict(matrix, iteration_range=(0, num_trees), missing=np.nan)
         scores = scores.astype(np.float64)
     else:
         scores = np.empty(0, dtype=np.float64)
-    field = pa.field(output, pa.float64(), nullable=False)
     start = 0
     for batch in batches:
-        end = start + batch.num_rows
-        yield pa.RecordBatch.from_arrays(
-            [*batch.columns, pa.array(scores[start:end])],
-            schema=batch.schema.append(field),
-        )
+        end = start + len(batch[0])
+        yield pa.array(scores[start:end], type=pa.float64())
         start = end
 
 
