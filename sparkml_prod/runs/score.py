@@ -284,7 +284,25 @@ def run_scoring(spark: SparkSession, config: ScoreConfig, as_of: dt.date) -> Sco
         if config.holdout
         else F.lit(False)
     )
-    spine = spine.withColumn(HOLDOUT_COL, holdout)
+    # Cached: every feature stage reads the spine's as-of range while planning, and the
+    # scoring job reads the spine again; without the cache each would rebuild it from the
+    # events of the lookback.
+    spine = spine.withColumn(HOLDOUT_COL, holdout).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        return _score_spine(config, as_of, started, champion, challenger, spine)
+    finally:
+        spine.unpersist()
+
+
+def _score_spine(
+    config: ScoreConfig,
+    as_of: dt.date,
+    started: float,
+    champion: LoadedModel,
+    challenger: LoadedModel | None,
+    spine: DataFrame,
+) -> ScoringRun:
+    entity = champion.version.card.spine.entity_col
     run_id = uuid.uuid4().hex
     meta = {
         "scored_at": timestamp_lit(utc_now()),  # never F.lit(datetime): read in TZ
