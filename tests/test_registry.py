@@ -7,7 +7,9 @@ import os
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
+import xgboost
 from cards import make_card
 from chispa import assert_df_equality
 from pyspark.ml import Pipeline, PipelineModel
@@ -15,6 +17,8 @@ from pyspark.ml.feature import SQLTransformer
 from pyspark.sql import SparkSession
 
 from sparkml_prod.core.errors import ModelNotFoundError, PromotionRefusedError
+from sparkml_prod.features import Recency
+from sparkml_prod.modeling.booster_score import BoosterScore
 from sparkml_prod.registry import ModelRegistry, ModelVersion, format_versions
 from sparkml_prod.registry import storage as storage_module
 
@@ -406,3 +410,28 @@ def test_format_versions_table() -> None:
         "version  created_at                 aliases",
         "      1  2024-06-01T10:00:00+00:00  -",
     ]
+
+
+def test_loading_python_stages_runs_no_spark_job(spark: SparkSession, tmp_path: Path) -> None:
+    # The checks read every stage's metadata; the load takes those lines instead of one
+    # `spark.read.text` job per stage, and still rebuilds the same stages.
+    x = np.array([[0.0, 1.0], [1.0, np.nan], [2.0, 0.0], [3.0, 1.0]])
+    booster = xgboost.train(
+        {"objective": "binary:logistic"}, xgboost.DMatrix(x, label=[0, 0, 1, 1]), 2
+    )
+    recency = Recency(sourceTable=str(tmp_path / "events"), outputPrefix="r_")
+    score = BoosterScore.from_booster(booster, ["r_a", "r_b"], num_trees=2)
+    registry = ModelRegistry(spark, str(tmp_path / "models"))
+    registry.register("m", PipelineModel(stages=[recency, score]), make_card())
+
+    tracker = spark.sparkContext.statusTracker()
+    spark.sparkContext.setJobGroup("load", "loading a registered model")
+    try:
+        loaded = registry.load("m/1")
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    assert tracker.getJobIdsForGroup("load") == []
+    first, second = loaded.stages
+    assert isinstance(first, Recency) and first.getOutputPrefix() == "r_"
+    assert isinstance(second, BoosterScore) and second.getNumTrees() == 2
+    assert second.getBooster().save_raw("json") == booster.save_raw("json")

@@ -29,10 +29,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from pyspark.ml import PipelineModel
+from pyspark.ml.util import DefaultParamsReader
 from pyspark.sql import SparkSession
 
 from sparkml_prod.core.errors import ModelIntegrityError
@@ -226,9 +229,9 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _read_record(
     storage: Storage, model_path: str, label: str, where: str, files: list[str]
-) -> tuple[str, dict[str, Any]]:
-    """(file, JSON object) of a stage's one metadata line, split as Spark's text source
-    splits it."""
+) -> tuple[str, str, dict[str, Any]]:
+    """(file, line, JSON object) of a stage's one metadata line, split as Spark's text
+    source splits it."""
     lines = []
     for relative in files:
         try:
@@ -265,7 +268,7 @@ def _read_record(
             f"holds {type(record).__name__} JSON, expected an object with 'class'; nothing "
             "was loaded. Re-register the model from training."
         )
-    return relative, record
+    return relative, line, record
 
 
 def _check_class(name: Any, relative: str, label: str, where: str, allowlist: _Allowlist) -> None:
@@ -367,6 +370,14 @@ def check_stage_classes(
     >>> check_stage_classes(spark, "/models/churn/3/model", "churn/3",
     ...                     extra_allowed=["mypkg.stages."])  # doctest: +SKIP
     """
+    _checked_metadata(spark, model_path, model_label, extra_allowed)
+
+
+def _checked_metadata(
+    spark: SparkSession, model_path: str, model_label: str, extra_allowed: Sequence[str]
+) -> dict[str, str]:
+    """:func:`check_stage_classes`; returns each stage directory's checked metadata line."""
+    checked: dict[str, str] = {}
     allowlist = _allowlist(extra_allowed)
     storage = Storage(spark, model_path)
     stages = _stage_metadata(storage, model_path)
@@ -378,7 +389,10 @@ def check_stage_classes(
         )
     for stage in sorted(stages):
         where = stage or "."
-        relative, record = _read_record(storage, model_path, model_label, where, stages[stage])
+        relative, line, record = _read_record(
+            storage, model_path, model_label, where, stages[stage]
+        )
+        checked[_join(model_path, stage).rstrip("/")] = line
         _check_class(record.get("class"), relative, model_label, where, allowlist)
         if "serialized_callbacks" in record:
             raise ModelIntegrityError(
@@ -400,6 +414,7 @@ def check_stage_classes(
                 "a single saved stage, not a PipelineModel; nothing was loaded. Register "
                 "the fitted PipelineModel."
             )
+    return checked
 
 
 def load_verified_pipeline(
@@ -428,5 +443,31 @@ def load_verified_pipeline(
     >>> scores = model.transform(features)  # doctest: +SKIP
     """
     verify_pipeline_files(spark, model_path, expected_hashes, model_label)
-    check_stage_classes(spark, model_path, model_label, extra_allowed)
-    return PipelineModel.load(model_path)
+    checked = _checked_metadata(spark, model_path, model_label, extra_allowed)
+    with _metadata_served_from(checked):
+        return PipelineModel.load(model_path)
+
+
+_serving_lock = threading.Lock()
+
+
+@contextmanager
+def _metadata_served_from(lines: Mapping[str, str]) -> Iterator[None]:
+    """While loading, each stage's metadata comes from the line the checks just read, not
+    from ``spark.read.text(...).first()``: one Spark job per stage fewer, and the load
+    sees exactly what was checked. Any other path is read as pyspark reads it."""
+    original = DefaultParamsReader.__dict__["loadMetadata"]
+    read = original.__func__
+
+    def load_metadata(path: str, sc: Any, expectedClassName: str = "") -> dict[str, Any]:  # noqa: N803
+        line = lines.get(str(path).rstrip("/"))
+        if line is None:
+            return read(path, sc, expectedClassName)
+        return DefaultParamsReader._parseMetaData(line, expectedClassName)
+
+    with _serving_lock:
+        DefaultParamsReader.loadMetadata = staticmethod(load_metadata)  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            DefaultParamsReader.loadMetadata = original  # type: ignore[method-assign]
