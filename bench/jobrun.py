@@ -137,17 +137,16 @@ def _role(pid: int) -> str:
 
 
 def _sample(pid: int) -> tuple[float, float] | None:
-    """(own CPU seconds, VmHWM MiB) of a live process."""
+    """(own CPU seconds, VmHWM MiB) of a live process, None once it has ended."""
     stat, status = _read(f"/proc/{pid}/stat"), _read(f"/proc/{pid}/status")
     if stat is None or status is None:
         return None
     fields = stat[stat.rindex(")") + 2 :].split()
     cpu = (int(fields[11]) + int(fields[12])) / _TICK
-    hwm = 0.0
     for line in status.splitlines():
         if line.startswith("VmHWM:"):
-            hwm = int(line.split()[1]) / 1024
-    return cpu, hwm
+            return cpu, int(line.split()[1]) / 1024
+    return None  # a zombie: its memory is gone, keep its last live sample
 
 
 def run_measured(

@@ -195,6 +195,7 @@ def run_row(contender: str, n_users: int, events: int, repeat: int, m: Measured)
         "job_reported_s": job_seconds(m.log) if contender == "job" else None,
         "driver_jvm_mib": round(m.peak_rss_mib.get("driver_jvm", 0.0)),
         "driver_python_mib": round(m.peak_rss_mib.get("driver_python", 0.0)),
+        "worker_python_mib": round(m.peak_rss_mib.get("worker_python", 0.0)),
         "load_1m": round(os.getloadavg()[0], 2),
     }
 

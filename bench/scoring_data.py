@@ -100,6 +100,29 @@ def _unchanged(meta_path: Path, wanted: dict[str, Any]) -> dict[str, Any] | None
     return meta if meta.get("inputs") == wanted else None
 
 
+def model_inputs(output: Path) -> tuple[str, dict[str, Any]]:
+    """The training config's text and everything the model is made from."""
+    root = model_dir(output)
+    config_text = TRAIN_YAML.format(
+        model=MODEL,
+        registry=root / "registry",
+        feature_spec=FEATURE_SPEC,
+        tables=root / "train_tables",
+        root=root,
+    )
+    wanted = {
+        "train_users": TRAIN_USERS,
+        "rate": TRAIN_RATE,
+        "seed": TRAIN_SEED,
+        "start": str(TRAIN_START),
+        "end": str(AS_OF),
+        "config": digest(config_text),
+        "feature_spec": digest(FEATURE_SPEC.read_bytes()),
+        "generator": generator_fingerprint(),
+    }
+    return config_text, wanted
+
+
 def prepare_model(spark: Any, output: Path, regenerate: bool) -> dict[str, Any]:
     """Train and register the bench model once; save what the single-node scorer needs."""
     from sparkml_prod.core.config import TrainConfig, load_config
@@ -114,23 +137,7 @@ def prepare_model(spark: Any, output: Path, regenerate: bool) -> dict[str, Any]:
 
     root = model_dir(output)
     tables = root / "train_tables"
-    config_text = TRAIN_YAML.format(
-        model=MODEL,
-        registry=root / "registry",
-        feature_spec=FEATURE_SPEC,
-        tables=tables,
-        root=root,
-    )
-    wanted = {
-        "train_users": TRAIN_USERS,
-        "rate": TRAIN_RATE,
-        "seed": TRAIN_SEED,
-        "start": str(TRAIN_START),
-        "end": str(AS_OF),
-        "config": digest(config_text),
-        "feature_spec": digest(FEATURE_SPEC.read_bytes()),
-        "generator": generator_fingerprint(),
-    }
+    config_text, wanted = model_inputs(output)
     meta_path = root / "meta.json"
     meta = None if regenerate else _unchanged(meta_path, wanted)
     if meta is not None:
@@ -255,12 +262,26 @@ def prepare_scoring_data(
     return meta
 
 
+def all_reusable(output: Path, users: list[int]) -> bool:
+    """Whether every part is there and made from the same inputs (no Spark needed)."""
+    if _unchanged(model_dir(output) / "meta.json", model_inputs(output)[1]) is None:
+        return False
+    return all(
+        _unchanged(data_dir(output, n) / "meta.json", scoring_spec_dict(n)) is not None
+        for n in users
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True)
     parser.add_argument("--users", type=int, nargs="*", default=[])
     parser.add_argument("--regenerate", action="store_true")
     args = parser.parse_args(argv)
+    output = Path(args.output).resolve()
+    if not args.regenerate and all_reusable(output, args.users):
+        print("  reusing the model and every data set (no Spark needed)", flush=True)
+        return 0
     from sparkml_prod.core.session import get_spark
 
     spark = get_spark(
@@ -269,7 +290,6 @@ def main(argv: list[str] | None = None) -> int:
         ui=False,
         conf={"spark.driver.memory": "4g", "spark.ui.showConsoleProgress": "false"},
     )
-    output = Path(args.output).resolve()
     prepare_model(spark, output, args.regenerate)
     for n in args.users:
         prepare_scoring_data(spark, output, n, args.regenerate)
