@@ -5,7 +5,8 @@
 
 The page lists the machine, the library versions and the load average of each result
 file, then every goal (measure, sizes, value, baseline, ratio, bound, met, note), then
-each benchmark's raw rows as compact tables (one per ``table`` key of the rows). It only
+each benchmark's summary paragraphs (``settings["summary"]``, written by the benchmark
+from its measurements) and raw rows as compact tables (one per ``table`` key). It only
 reads the result files: the same files give the same page, byte for byte.
 """
 
@@ -154,6 +155,8 @@ def render(results: Sequence[dict[str, Any]], command: str = COMMAND) -> str:
         settings = r.get("settings", {}).get("args")
         if settings:
             lines += ["", f"Run with {cell(settings)}."]
+        for paragraph in r.get("settings", {}).get("summary", []):
+            lines += ["", paragraph]
         groups: dict[str, list[dict[str, Any]]] = {}
         for row in r.get("rows", []):
             groups.setdefault(str(row.get("table", "rows")), []).append(row)

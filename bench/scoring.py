@@ -228,6 +228,40 @@ def profile_rows(n_users: int, profile: dict[str, Any], measured: Measured) -> l
     return rows
 
 
+_SITES = (  # what the lines of the library that start Spark jobs are doing
+    ("registry/loading.py", "loading the PipelineModel (stage metadata reads)"),
+    ("transform at", "pipeline.transform (eager jobs while planning: Delta file lists, "
+     "the spine's as-of range per stage, null-key counts)"),
+    ("collect at sparkml_prod/runs/score.py", "computing and caching the scores (the "
+     "count per variant)"),
+    ("Delta write", "the Delta writes (scores, scored features)"),
+)  # fmt: skip
+
+
+def profile_summary(n_users: int, events: int, profile: dict[str, Any], wall: float) -> str:
+    """One paragraph: where the profiled run's time went."""
+    parts = []
+    for group in profile["by_call_site"]:
+        label = next((text for key, text in _SITES if key in group["callsite"]), None)
+        label = label or f"`{group['callsite']}`"
+        parts.append(
+            f"{label}: {group['jobs']} jobs over {group['span_s']:.1f} s "
+            f"(job durations sum to {group['in_jobs_s']:.1f} s)"
+        )
+    spans = sum(g["span_s"] for g in profile["by_call_site"])
+    between = (profile["first_to_last_job_s"] or 0.0) - spans
+    return (
+        f"Profile at {n_users:,} users ({events:,} events, the untimed run with an event "
+        f"log, {wall:.1f} s wall): {profile['process_to_context_s']:.1f} s until the "
+        "SparkContext is up (JVM, Ivy resolving `--packages`, the Python driver), "
+        f"{profile['context_to_first_job_s']:.1f} s more until the first Spark job, then "
+        f"{profile['spark_jobs']} Spark jobs ({profile['stages_completed']} stages, "
+        f"{profile['tasks']} tasks): " + "; ".join(parts) + f"; {between:.1f} s between "
+        f"those groups with no job running (driver-side planning), and "
+        f"{profile['last_job_to_context_end_s']:.1f} s to stop."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small-users", type=int, default=10_000)
@@ -248,13 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
 
     # Untimed: fresh output tables, the event-log profile, the check, page caches warm.
-    profiles = {}
+    profiles, profile_walls = {}, {}
     for n in (small, large):
         shutil.rmtree(data_dir(output, n) / "out", ignore_errors=True)
         log_dir = output / "eventlog" / str(n)
         started = time.time()
         measured = run.job(n, event_log=log_dir)
         profiles[n] = event_log_profile(log_dir, started)
+        profile_walls[n] = measured.wall_s
         rows += profile_rows(n, profiles[n], measured)
         print(
             f"  profile {n:,} users: {measured.wall_s:.1f}s wall, "
@@ -332,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         "args": {"small_users": small, "large_users": large, "repeats": args.repeats},
         "full_size": small == 10_000 and large >= 1_000_000 and args.repeats >= 3,
+        "summary": [
+            profile_summary(n, events[n], profiles[n], profile_walls[n]) for n in (small, large)
+        ],
     }
     kwargs: dict[str, Any] = {"directory": Path(args.results)} if args.results else {}
     target = write_results("scoring", goals, rows, settings=settings, **kwargs)

@@ -30,7 +30,11 @@ RESULTS = {
         "load_average_1m": 1.5,
     },
     "versions": {"duckdb": "2.0.1", "pyspark": "4.2.0"},
-    "settings": {"args": {"users": 1000, "repeats": 1}, "full_size": False},
+    "settings": {
+        "args": {"users": 1000, "repeats": 1},
+        "full_size": False,
+        "summary": ["The job spent 2 s in 3 Spark jobs."],
+    },
     "goals": [
         {
             "goal_id": "demo_speed",
@@ -103,6 +107,8 @@ is met when the ratio is within its bound.
 ## `demo`: raw rows
 
 Run with users=1,000, repeats=1.
+
+The job spent 2 s in 3 Spark jobs.
 
 ### runs
 
