@@ -92,6 +92,17 @@ def main(argv: list[str] | None = None) -> int:
             )
             if n not in best or row["wall_s"] < best[n]["wall_s"]:
                 best[n] = row
+            write_goals(rows, best, [m for m in sizes if m in best], args)
+    target = write_goals(rows, best, sizes, args)
+    print(f"written {target}", flush=True)
+    return 0
+
+
+def write_goals(
+    rows: list[dict[str, Any]], best: dict[int, dict[str, Any]], sizes: list[int], args: Any
+) -> Path:
+    """The goals over the sizes done so far (the largest against the smallest), written
+    after every size: a series stopped before its end keeps what it measured."""
     low, high = best[sizes[0]], best[sizes[-1]]
     peak = {n: max(r["driver_mib"] for r in rows if r["events_target"] == n) for n in sizes}
     low_label, high_label = f"{low['events'] / 1e6:.1f}M", f"{high['events'] / 1e6:.1f}M"
@@ -135,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     kwargs: dict[str, Any] = {"directory": Path(args.results)} if args.results else {}
     target = write_results("scale", goals, rows, settings=settings, **kwargs)
-    print(f"written {target}", flush=True)
-    return 0
+    return target
 
 
 if __name__ == "__main__":
