@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -64,6 +65,11 @@ def submit_command(
     for key, value in settings.items():
         command += ["--conf", f"{key}={value}"]
     return [*command, str(script), *args]
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so a running job's process group is stopped too."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -180,24 +186,12 @@ def run_measured(
             env=env,
             start_new_session=True,
         )
-        while True:
-            try:
-                returncode = child.wait(timeout=poll_s)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            if time.perf_counter() - started > timeout_s:
-                os.killpg(child.pid, 9)
-                child.wait()
-                raise RuntimeError(f"{command[0]} timed out after {timeout_s}s; see {log}")
-            for pid in _descendants(child.pid, _children()):
-                sample = _sample(pid)
-                if sample is None:
-                    continue
-                # the last sample of a pid: a shell that execs java keeps its pid, and
-                # VmHWM, the peak so far, restarts with the new program
-                seen_cpu[pid], hwm[pid] = sample
-                roles[pid] = _role(pid)
+        try:
+            returncode = _poll(child, started, timeout_s, poll_s, seen_cpu, hwm, roles)
+        except BaseException:  # a timeout, Ctrl-C: stop the job's whole process group
+            os.killpg(child.pid, 9)
+            child.wait()
+            raise
     wall = time.perf_counter() - started
     after = os.times()
     reaped = (after.children_user - before.children_user) + (
@@ -213,6 +207,33 @@ def run_measured(
     return Measured(
         list(command), wall, max(reaped, sum(seen_cpu.values())), returncode, text, peaks
     )
+
+
+def _poll(
+    child: subprocess.Popen[bytes],
+    started: float,
+    timeout_s: float,
+    poll_s: float,
+    seen_cpu: dict[int, float],
+    hwm: dict[int, float],
+    roles: dict[int, str],
+) -> int:
+    """Wait for ``child``, sampling its process tree every ``poll_s``; its exit code."""
+    while True:
+        try:
+            return child.wait(timeout=poll_s)
+        except subprocess.TimeoutExpired:
+            pass
+        if time.perf_counter() - started > timeout_s:
+            raise RuntimeError(f"{child.args[0]} timed out after {timeout_s}s")
+        for pid in _descendants(child.pid, _children()):
+            sample = _sample(pid)
+            if sample is None:
+                continue
+            # the last sample of a pid: a shell that execs java keeps its pid, and
+            # VmHWM, the peak so far, restarts with the new program
+            seen_cpu[pid], hwm[pid] = sample
+            roles[pid] = _role(pid)
 
 
 def median(values: Sequence[float]) -> float:

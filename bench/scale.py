@@ -32,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from jobrun import package_zip  # noqa: E402
+from jobrun import exit_on_sigterm, package_zip  # noqa: E402
 from results import Goal, write_results  # noqa: E402
 from scoring import Contenders, job_seconds, prepare  # noqa: E402
 from scoring_data import data_dir  # noqa: E402
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=None, help="directory of <bench>.json")
     parser.add_argument("--regenerate", action="store_true")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
 
     output = Path(args.output).resolve()
     sizes = sorted(set(args.events))

@@ -48,6 +48,7 @@ from jobrun import (  # noqa: E402
     Measured,
     clean_env,
     event_log_profile,
+    exit_on_sigterm,
     median,
     package_zip,
     run_measured,
@@ -271,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=None, help="directory of <bench>.json")
     parser.add_argument("--regenerate", action="store_true")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
 
     output = Path(args.output).resolve()
     small, large = args.small_users, args.large_users
