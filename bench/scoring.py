@@ -209,7 +209,7 @@ def profile_rows(n_users: int, profile: dict[str, Any], measured: Measured) -> l
         ("start -> SparkContext up (JVM, --packages, Python driver)", "process_to_context_s"),
         ("SparkContext up -> first Spark job (model load, spine)", "context_to_first_job_s"),
         ("first -> last Spark job", "first_to_last_job_s"),
-        ("  of which inside Spark jobs", "in_jobs_s"),
+        ("  Spark job durations summed (concurrent jobs overlap)", "in_jobs_s"),
         ("last Spark job -> SparkContext stopped", "last_job_to_context_end_s"),
     ]
     rows = [
