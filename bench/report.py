@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 TARGET = ROOT / "docs" / "benchmarks.md"
 COMMAND = "make bench"
+#: What `make bench` runs, in order: the page says which of them have no results yet.
+BENCHES = ("features", "training", "booster_scoring", "scoring", "scale")
 _VERSION_ORDER = ("pyspark", "delta-spark", "xgboost-cpu", "xgboost", "pandas", "pyarrow", "duckdb")
 
 
@@ -79,6 +81,14 @@ def render(results: Sequence[dict[str, Any]], command: str = COMMAND) -> str:
         "run one alone: `bench/README.md`.",
         "",
     ]
+    missing = [b for b in BENCHES if b not in {r["bench"] for r in results}]
+    if missing:
+        lines += [
+            "**No results yet** for "
+            + ", ".join(f"`{b}`" for b in missing)
+            + f": they appear here once run (`{command}` runs them all).",
+            "",
+        ]
     reduced = [r for r in results if r.get("settings", {}).get("full_size") is False]
     if reduced:
         lines += [
