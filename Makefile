@@ -18,7 +18,19 @@ SUBMIT := PYSPARK_PYTHON=$(abspath $(PY)) PYSPARK_DRIVER_PYTHON=$(abspath $(PY))
 	--conf spark.databricks.delta.snapshotPartitions=2 \
 	--driver-java-options -Dlog4j2.configurationFile=$(CURDIR)/conf/log4j2.properties
 
-.PHONY: setup demo test lint dist clean
+# `make bench`: every benchmark in turn at the issue's sizes, then docs/benchmarks.md from
+# their bench/results/<bench>.json. Not part of `make test` or CI: run it on a quiet
+# machine (about 1.5 hours on 2 cores). Extra arguments per benchmark, e.g.
+# `make bench SCALE_ARGS="--events 1000000 5000000"`; `make bench-smoke`: small sizes.
+FEATURES_ARGS ?=
+TRAINING_ARGS ?=
+BOOSTER_ARGS ?=
+SCORING_ARGS ?=
+SCALE_ARGS ?=
+# bench/training.py reads the demo's training matrix; built like `make demo` does.
+DEMO_MATRIX := demo-output/tables/training_matrix/_delta_log
+
+.PHONY: setup demo test lint dist clean bench bench-smoke bench-report
 
 setup: $(JARS)
 
@@ -72,6 +84,26 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check sparkml_prod jobs tests bench
 	$(VENV)/bin/mypy sparkml_prod
+
+$(DEMO_MATRIX): | $(JARS)
+	$(VENV)/bin/sparkml-prod generate --config conf/generate.yaml
+	$(VENV)/bin/sparkml-prod train --config conf/train.yaml
+
+bench: setup $(DEMO_MATRIX)
+	$(PY) bench/features.py $(FEATURES_ARGS)
+	$(PY) bench/training.py $(TRAINING_ARGS)
+	$(PY) bench/booster_scoring.py $(BOOSTER_ARGS)
+	$(PY) bench/scoring.py $(SCORING_ARGS)
+	$(PY) bench/scale.py $(SCALE_ARGS)
+	$(PY) bench/report.py
+
+bench-smoke:
+	$(MAKE) bench FEATURES_ARGS="--events 200000 --repeats 1" TRAINING_ARGS="--repeats 1" \
+	  BOOSTER_ARGS="--rows 50000 --repeats 1" \
+	  SCORING_ARGS="--large-users 100000 --repeats 1" SCALE_ARGS="--events 200000 1000000"
+
+bench-report: setup
+	$(PY) bench/report.py
 
 clean:
 	rm -rf demo-output bench-output dist build *.egg-info

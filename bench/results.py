@@ -26,8 +26,10 @@ class Goal:
     """One goal of the performance issue, as measured in one run.
 
     ``ratio`` is ``value / baseline_value``; the goal is met when ``ratio <= bound``
-    (``direction="<="``) or ``ratio >= bound`` (``">="``). ``note`` says what remains
-    where a goal is not met, or what the measure includes.
+    (``direction="<="``) or ``ratio >= bound`` (``">="``); a row with no ``bound`` is
+    information only (``met`` is None). ``note`` says what remains where a goal is not
+    met, or what the measure includes. ``unit`` is that of both values (seconds unless
+    said otherwise, e.g. ``"MiB"``).
     """
 
     goal_id: str
@@ -35,17 +37,20 @@ class Goal:
     value_s: float
     baseline: str
     baseline_s: float
-    bound: float
+    bound: float | None
     direction: str = "<="
     sizes: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    unit: str = "s"
 
     @property
     def ratio(self) -> float:
         return self.value_s / self.baseline_s
 
     @property
-    def met(self) -> bool:
+    def met(self) -> bool | None:
+        if self.bound is None:
+            return None
         return self.ratio <= self.bound if self.direction == "<=" else self.ratio >= self.bound
 
     def as_dict(self) -> dict[str, Any]:
@@ -80,9 +85,17 @@ def versions() -> dict[str, str]:
 
 
 def write_results(
-    bench: str, goals: list[Goal], rows: list[dict[str, Any]], directory: Path = RESULTS
+    bench: str,
+    goals: list[Goal],
+    rows: list[dict[str, Any]],
+    directory: Path = RESULTS,
+    settings: dict[str, Any] | None = None,
 ) -> Path:
-    """Write one benchmark's goals and raw rows; print the goals; return the file."""
+    """Write one benchmark's goals and raw rows; print the goals; return the file.
+
+    ``settings``: how it was run, e.g. ``{"args": {...}, "full_size": False}`` when the
+    sizes are smaller than the issue's (the report says so).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{bench}.json"
     payload = {
@@ -90,15 +103,17 @@ def write_results(
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "versions": versions(),
+        "settings": settings or {},
         "goals": [g.as_dict() for g in goals],
         "rows": rows,
     }
     target.write_text(json.dumps(payload, indent=2) + "\n")
     for g in goals:
-        verdict = "met" if g.met else "NOT met"
+        verdict = {True: "met", False: "NOT met", None: "information"}[g.met]
+        bound = f"goal {g.direction} {g.bound}x" if g.bound is not None else "no bound"
         print(
-            f"  goal {g.goal_id}: {g.value_s:.2f}s vs {g.baseline} {g.baseline_s:.2f}s = "
-            f"{g.ratio:.2f}x (goal {g.direction} {g.bound}x): {verdict}",
+            f"  goal {g.goal_id}: {g.value_s:.2f}{g.unit} vs {g.baseline} "
+            f"{g.baseline_s:.2f}{g.unit} = {g.ratio:.2f}x ({bound}): {verdict}",
             flush=True,
         )
     return target
