@@ -39,11 +39,20 @@ def package_zip(target: Path) -> Path:
     return target
 
 
+def _delta_jars() -> list[str]:
+    sys.path.insert(0, str(ROOT))
+    from sparkml_prod.core.jars import cached_jars, delta_packages
+
+    jars = cached_jars(delta_packages())
+    return ["--jars", ",".join(jars)] if jars else ["--packages", DELTA_PACKAGE]
+
+
 def submit_command(
     script: Path | str, args: Sequence[str], py_files: Path, conf: dict[str, str] | None = None
 ) -> list[str]:
-    """The Makefile's ``SUBMIT``: ``local[2]``, Delta by ``--packages``, the library by
-    ``--py-files``, a 4g driver, 8 shuffle partitions, the project's log4j2 settings."""
+    """The Makefile's ``SUBMIT``: ``local[2]``, Delta's remembered jars by ``--jars``
+    (``--packages`` when none are remembered), the library by ``--py-files``, a 4g
+    driver, 8 shuffle partitions, the project's log4j2 settings."""
     settings = {
         "spark.sql.shuffle.partitions": "8",
         "spark.databricks.delta.snapshotPartitions": "2",
@@ -53,8 +62,7 @@ def submit_command(
         SPARK_SUBMIT,
         "--master",
         "local[2]",
-        "--packages",
-        DELTA_PACKAGE,
+        *_delta_jars(),
         "--py-files",
         str(py_files),
         "--driver-memory",

@@ -6,7 +6,7 @@ Run from the repository root (see ``bench/README.md``)::
     .venv/bin/python bench/scoring.py --large-users 100000 --repeats 1   # smoke run
 
 The job is ``spark-submit jobs/score.py --config <score.yaml> --as-of 2024-07-01`` with the
-Makefile's flags (``local[2]``, Delta by ``--packages``, the library by ``--py-files``, a
+Makefile's flags (``local[2]``, Delta's jars by ``--jars``, the library by ``--py-files``, a
 4g driver), on a config like ``conf/score.yaml`` (the model's training population, a
 holdout, the scores and the scored features written to Delta) pointed at generated data.
 Its inputs (:mod:`bench.scoring_data`: a model trained once with ``run_training`` and
@@ -206,7 +206,7 @@ def profile_rows(n_users: int, profile: dict[str, Any], measured: Measured) -> l
     that started them; every job is in ``profile.json``), as rows of two tables."""
     reported = job_seconds(measured.log)
     phases = [
-        ("start -> SparkContext up (JVM, --packages, Python driver)", "process_to_context_s"),
+        ("start -> SparkContext up (JVM, Delta jars, Python driver)", "process_to_context_s"),
         ("SparkContext up -> first Spark job (model load, spine)", "context_to_first_job_s"),
         ("first -> last Spark job", "first_to_last_job_s"),
         ("  Spark job durations summed (concurrent jobs overlap)", "in_jobs_s"),
@@ -254,7 +254,7 @@ def profile_summary(n_users: int, events: int, profile: dict[str, Any], wall: fl
     return (
         f"Profile at {n_users:,} users ({events:,} events, the untimed run with an event "
         f"log, {wall:.1f} s wall): {profile['process_to_context_s']:.1f} s until the "
-        "SparkContext is up (JVM, Ivy resolving `--packages`, the Python driver), "
+        "SparkContext is up (JVM, Delta's jars, the Python driver), "
         f"{profile['context_to_first_job_s']:.1f} s more until the first Spark job, then "
         f"{profile['spark_jobs']} Spark jobs ({profile['stages_completed']} stages, "
         f"{profile['tasks']} tasks): " + "; ".join(parts) + f"; {between:.1f} s between "
