@@ -112,6 +112,22 @@ def test_scores_equal_inplace_predict_exactly(
     assert not np.array_equal(booster.inplace_predict(X, iteration_range=(0, 4)), full)
 
 
+def test_a_booster_of_one_feature(spark: SparkSession, frame: DataFrame) -> None:
+    # A one-column Arrow UDF receives bare arrays instead of tuples of them.
+    x = X[:, :1]
+    one = xgboost.train(
+        {"objective": "binary:logistic", "max_depth": 2, "nthread": 1},
+        xgboost.DMatrix(x, label=LABELS, missing=np.nan),
+        num_boost_round=3,
+    )
+    scores = one.inplace_predict(x).astype(np.float64)
+    wanted = spark.createDataFrame(
+        [(row[0], float(s)) for row, s in zip(ROWS, scores, strict=True)], "id long, score double"
+    )
+    stage = BoosterScore.from_booster(one, FEATURES[:1], num_trees=3)
+    assert_same_rows(stage.transform(frame).select("id", "score"), wanted)
+
+
 def test_round_trips_inside_a_pipeline_model(
     spark: SparkSession, booster: xgboost.Booster, frame: DataFrame, tmp_path: Path
 ) -> None:

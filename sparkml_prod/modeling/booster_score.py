@@ -294,7 +294,7 @@ def _load_booster(raw: bytes) -> xgboost.Booster:
 
 
 def _score_batches(
-    batches: Iterator[tuple[pa.Array, ...]],
+    batches: Iterator[tuple[pa.Array, ...] | pa.Array],
     *,
     raw: Broadcast[bytes],
     features: list[str],
@@ -313,7 +313,9 @@ def _score_batches(
     predict = partial(_scores, booster, features, num_trees)
     pending: list[tuple[pa.Array, ...]] = []
     rows = 0
-    for batch in batches:
+    for given in batches:
+        # A UDF of one column receives each batch as that column's array, not a tuple.
+        batch = given if isinstance(given, tuple) else (given,)
         size = len(batch[0])
         if pending and rows + size > batch_rows:
             yield from predict(pending)
