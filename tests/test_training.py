@@ -347,8 +347,13 @@ def refused_before_any_job(spark: SparkSession, config: TrainConfig) -> str:
         ),
         (
             {"model": {"params": {"max_dept": 4}}},
-            "model.params: 'max_dept' is not a parameter of SparkXGBClassifier (did you mean "
+            "model.params: 'max_dept' is not a parameter of XGBClassifier (did you mean "
             "max_depth?). Use the model's own parameter names, e.g. learning_rate, max_depth.",
+        ),
+        (
+            {"model": {"params": {"n_jobs": 4}}},
+            "model.params: 'n_jobs' is set by the library: the threads per worker are "
+            "model.task_cpus.",
         ),
         (
             {
@@ -364,7 +369,7 @@ def refused_before_any_job(spark: SparkSession, config: TrainConfig) -> str:
         (
             {"search": {"space": {"depth": {"int": [2, 5]}}}},
             "search candidate 1 (model.params + space): 'depth' is not a parameter of "
-            "SparkXGBClassifier (did you mean max_depth?). Use the model's own parameter "
+            "XGBClassifier (did you mean max_depth?). Use the model's own parameter "
             "names, e.g. learning_rate, max_depth.",
         ),
         (
@@ -436,5 +441,6 @@ def test_the_features_are_the_stages_declared_outputs_not_other_numeric_columns(
         built.feature_columns,
         {"n_estimators": 2},
     )
-    assembler = fitted.stages[0]
-    assert assembler.getInputCols() == ["event_count_30d", "events_per_day_30d", "plan_index"]
+    (stage,) = fitted.stages
+    assert stage.getFeatureCols() == ["event_count_30d", "events_per_day_30d", "plan_index"]
+    assert stage.getBooster().feature_names == stage.getFeatureCols()
