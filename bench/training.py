@@ -22,7 +22,8 @@ a. the library's fit as training runs it: ``fit_candidate`` from the Delta table
 b. the previous path: ``VectorAssembler(handleInvalid="keep")`` -> ``SparkXGBClassifier``
    (``num_workers=--workers``) fitted on the same Delta table;
 c. ``xgboost.train`` in this process, ``nthread = workers x task_cpus``, on the same rows
-   collected to a float32 NumPy matrix (``DMatrix``) before the clock starts.
+   collected to a float32 NumPy matrix (``DMatrix``) before the clock starts;
+d. (only with ``--contenders ... xgboost_train_1``) the same with ``nthread=1``.
 
 Before the timed runs the Spark contenders fit once on 1,000 rows (untimed) so that the
 Python workers have started and imported XGBoost. Afterwards, untimed, each model's
@@ -186,14 +187,17 @@ def main(argv: list[str] | None = None) -> int:
     def theirs(rows: DataFrame) -> xgboost.Booster:
         return xgboost_spark_fit(rows, features, params, args.workers)
 
-    def single() -> xgboost.Booster:
+    def single(nthread: int = threads) -> xgboost.Booster:
         dtrain = xgboost.DMatrix(x, label=y, missing=np.nan, feature_names=features)
-        return xgboost.train(native, dtrain, num_boost_round=args.trees)
+        settings = {**native, "nthread": nthread}
+        return xgboost.train(settings, dtrain, num_boost_round=args.trees)
 
     contenders: dict[str, tuple[str, Callable[[], xgboost.Booster]]] = {
         "ours": ("a. library fit_candidate (Delta -> BoosterScore)", lambda: ours(table)),
         "xgboost_spark": ("b. VectorAssembler -> SparkXGBClassifier", lambda: theirs(table)),
         "xgboost_train": (f"c. xgboost.train, 1 process, nthread={threads}", single),
+        # not a default: one thread, the compute without OpenMP's waits on a busy machine
+        "xgboost_train_1": ("d. xgboost.train, 1 process, nthread=1", lambda: single(1)),
     }
     warm = table.where("id < 1000")
     for name, warm_up in (("ours", ours), ("xgboost_spark", theirs)):
