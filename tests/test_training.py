@@ -444,3 +444,17 @@ def test_the_features_are_the_stages_declared_outputs_not_other_numeric_columns(
     (stage,) = fitted.stages
     assert stage.getFeatureCols() == ["event_count_30d", "events_per_day_30d", "plan_index"]
     assert stage.getBooster().feature_names == stage.getFeatureCols()
+
+
+def test_the_model_description_says_what_trained_and_scores_the_model() -> None:
+    import xgboost
+
+    from sparkml_prod.modeling.training import model_description
+
+    model = ModelConfig(num_workers=2, task_cpus=1, early_stopping_rounds=20)
+    assert model_description(model, {"max_depth": 4, "learning_rate": 0.05}) == (
+        f"XGBoost {xgboost.__version__} binary:logistic (trained by sparkml_prod "
+        "BoosterClassifier: xgboost.train in Spark tasks on Arrow batches of the feature "
+        "columns; scored by sparkml_prod BoosterScore): learning_rate=0.05, max_depth=4, "
+        "num_workers=2, threads per worker=1, early_stopping_rounds=20"
+    )
