@@ -18,9 +18,9 @@ of the two); each Spark run forced by a Delta overwrite of ``(id, score)``:
 
 a. ``BoosterScore`` (this library's Arrow-batch stage, ``nthread=1`` per task) over the
    Delta table;
-b. the library's xgboost.spark stages (``VectorAssembler`` -> ``SparkXGBClassifierModel``
-   -> ``ProbabilityScore``, from :func:`~sparkml_prod.modeling.training.model_stages`)
-   around the same booster, over the same table;
+b. the xgboost.spark stages the library used before (``VectorAssembler`` ->
+   ``SparkXGBClassifierModel`` -> ``ProbabilityScore``) around the same booster, over the
+   same table;
 c. ``Booster.inplace_predict`` in this process on the matrix read into NumPy (float32,
    read before the clock starts), ``nthread=2``: the single-process baseline.
 
@@ -49,15 +49,16 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import xgboost  # noqa: E402
 from pyspark.ml import PipelineModel  # noqa: E402
+from pyspark.ml.feature import VectorAssembler  # noqa: E402
 from pyspark.sql import DataFrame, SparkSession  # noqa: E402
 from results import Goal, write_results  # noqa: E402
 from timing import best_of_with_cpu  # noqa: E402
+from xgboost.spark import SparkXGBClassifier  # noqa: E402
 
-from sparkml_prod.core.config import ModelConfig  # noqa: E402
 from sparkml_prod.core.session import get_spark  # noqa: E402
 from sparkml_prod.core.tables import table_exists, write_table  # noqa: E402
 from sparkml_prod.modeling.booster_score import BoosterScore  # noqa: E402
-from sparkml_prod.modeling.training import model_stages  # noqa: E402
+from sparkml_prod.modeling.stages import ProbabilityScore  # noqa: E402
 
 SEED = 11
 SAMPLE_ROWS = 100_000
@@ -94,11 +95,14 @@ def train(x: np.ndarray, features: list[str], trees: int) -> xgboost.Booster:
 
 
 def xgboost_spark_stages(booster: xgboost.Booster, features: list[str]) -> PipelineModel:
-    """The library's xgboost.spark model stages, fitted = holding ``booster`` (built the way
-    ``SparkXGBClassifier.fit`` builds its model, without the distributed fit)."""
-    assembler, classifier, score = model_stages(
-        ModelConfig(num_workers=1, early_stopping_rounds=None), features, {}
+    """The xgboost.spark model stages the library used before ``BoosterClassifier``, fitted
+    = holding ``booster`` (built the way ``SparkXGBClassifier.fit`` builds its model,
+    without the distributed fit)."""
+    assembler = VectorAssembler(inputCols=features, outputCol="features", handleInvalid="keep")
+    classifier = SparkXGBClassifier(
+        features_col="features", num_workers=1, feature_names=features, missing=math.nan
     )
+    score = ProbabilityScore(inputCol="probability", outputCol="score")
     sklearn_model = classifier._convert_to_sklearn_model(
         bytearray(booster.save_raw("json")), booster.save_config()
     )

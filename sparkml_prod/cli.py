@@ -347,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # xgboost.spark logs every fit's parameters and feature names at INFO
+    # xgboost.spark (models trained before BoosterClassifier) logs its parameters at INFO
     logging.getLogger("XGBoost-PySpark").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:

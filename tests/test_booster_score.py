@@ -20,10 +20,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from spark_jobs import no_job_runs
 
-from sparkml_prod.core.config import ModelConfig
 from sparkml_prod.core.errors import SchemaError
 from sparkml_prod.modeling.booster_score import BOOSTER_FILE, BoosterScore
-from sparkml_prod.modeling.training import model_stages
+from sparkml_prod.modeling.stages import ProbabilityScore
 
 FEATURES = ["visits", "amount", "active", "balance", "share"]
 SCHEMA = (
@@ -247,8 +246,22 @@ def test_bad_settings_are_refused_when_set(booster: xgboost.Booster) -> None:
 
 @pytest.mark.slow
 def test_scores_equal_the_xgboost_spark_stages(spark: SparkSession, frame: DataFrame) -> None:
-    config = ModelConfig(num_workers=1, early_stopping_rounds=None)
-    stages = model_stages(config, FEATURES, {"n_estimators": 20, "max_depth": 3})
+    # The stages the library trained and scored with before BoosterClassifier.
+    from pyspark.ml.feature import VectorAssembler
+    from xgboost.spark import SparkXGBClassifier
+
+    stages = [
+        VectorAssembler(inputCols=FEATURES, outputCol="features", handleInvalid="keep"),
+        SparkXGBClassifier(
+            features_col="features",
+            num_workers=1,
+            missing=math.nan,
+            n_estimators=20,
+            max_depth=3,
+            verbose=False,
+        ),
+        ProbabilityScore(inputCol="probability", outputCol="score"),
+    ]
     fitted = Pipeline(stages=stages).fit(frame)
     spark_scores = fitted.transform(frame).select("id", "score")
 

@@ -347,8 +347,13 @@ def refused_before_any_job(spark: SparkSession, config: TrainConfig) -> str:
         ),
         (
             {"model": {"params": {"max_dept": 4}}},
-            "model.params: 'max_dept' is not a parameter of SparkXGBClassifier (did you mean "
+            "model.params: 'max_dept' is not a parameter of XGBClassifier (did you mean "
             "max_depth?). Use the model's own parameter names, e.g. learning_rate, max_depth.",
+        ),
+        (
+            {"model": {"params": {"n_jobs": 4}}},
+            "model.params: 'n_jobs' is set by the library: the threads per worker are "
+            "model.task_cpus.",
         ),
         (
             {
@@ -364,7 +369,7 @@ def refused_before_any_job(spark: SparkSession, config: TrainConfig) -> str:
         (
             {"search": {"space": {"depth": {"int": [2, 5]}}}},
             "search candidate 1 (model.params + space): 'depth' is not a parameter of "
-            "SparkXGBClassifier (did you mean max_depth?). Use the model's own parameter "
+            "XGBClassifier (did you mean max_depth?). Use the model's own parameter "
             "names, e.g. learning_rate, max_depth.",
         ),
         (
@@ -436,5 +441,20 @@ def test_the_features_are_the_stages_declared_outputs_not_other_numeric_columns(
         built.feature_columns,
         {"n_estimators": 2},
     )
-    assembler = fitted.stages[0]
-    assert assembler.getInputCols() == ["event_count_30d", "events_per_day_30d", "plan_index"]
+    (stage,) = fitted.stages
+    assert stage.getFeatureCols() == ["event_count_30d", "events_per_day_30d", "plan_index"]
+    assert stage.getBooster().feature_names == stage.getFeatureCols()
+
+
+def test_the_model_description_says_what_trained_and_scores_the_model() -> None:
+    import xgboost
+
+    from sparkml_prod.modeling.training import model_description
+
+    model = ModelConfig(num_workers=2, task_cpus=1, early_stopping_rounds=20)
+    assert model_description(model, {"max_depth": 4, "learning_rate": 0.05}) == (
+        f"XGBoost {xgboost.__version__} binary:logistic (trained by sparkml_prod "
+        "BoosterClassifier: xgboost.train in Spark tasks on Arrow batches of the feature "
+        "columns; scored by sparkml_prod BoosterScore): learning_rate=0.05, max_depth=4, "
+        "num_workers=2, threads per worker=1, early_stopping_rounds=20"
+    )

@@ -314,13 +314,17 @@ class RetrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """The model stage: ``xgboost`` (SparkXGBClassifier) or a pyspark.ml classifier's class
-    path, e.g. ``pyspark.ml.classification.LogisticRegression``.
+    """The model stage: ``xgboost`` (sparkml_prod's ``BoosterClassifier``: ``xgboost.train``
+    in Spark tasks) or a pyspark.ml classifier's class path, e.g.
+    ``pyspark.ml.classification.LogisticRegression``.
 
-    ``num_workers`` XGBoost workers (each a Spark task with ``task_cpus`` cores: it must
-    equal the session's ``spark.task.cpus``); ``early_stopping_rounds`` on the validation
-    snapshot; ``standardize`` scales features for linear models (non-XGBoost models also
-    get missing values imputed with the training median, as they cannot take NaN).
+    ``params`` of XGBoost use XGBClassifier's names (``n_estimators``, ``learning_rate``,
+    ``max_depth``, ``subsample``, ``min_child_weight``, ``colsample_bytree``,
+    ``reg_lambda``, ...). ``num_workers`` XGBoost workers (each a Spark task with
+    ``task_cpus`` threads: it must equal the session's ``spark.task.cpus``);
+    ``early_stopping_rounds`` on the validation snapshot; ``standardize`` scales features
+    for linear models (non-XGBoost models also get missing values imputed with the
+    training median, as they cannot take NaN).
     """
 
     type: str = "xgboost"

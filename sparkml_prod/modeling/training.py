@@ -10,15 +10,17 @@ the score with no second copy of the feature logic.
 
 Model stages:
 
-* ``xgboost`` (default): ``VectorAssembler(handleInvalid="keep")`` -> ``SparkXGBClassifier``
-  with the feature names set on the booster (importance by name) and missing values left
-  missing (NaN), ``num_workers`` workers, early stopping on the validation snapshot via
-  ``validation_indicator_col``.
+* ``xgboost`` (default): :class:`~sparkml_prod.modeling.booster_train.BoosterClassifier`,
+  ``xgboost.train`` in ``num_workers`` Spark tasks of ``task_cpus`` threads each, fed the
+  feature columns as Arrow batches (no vector assembly); missing values (null, NaN) stay
+  missing; early stopping on the validation snapshot. The rows are prepared (cast,
+  partitioned, persisted) once per search, not once per candidate. A fit gives one
+  :class:`~sparkml_prod.modeling.booster_score.BoosterScore` (the booster, its feature
+  names for importance, the trees early stopping chose), which writes ``score``.
 * any pyspark.ml classifier by class path (``LogisticRegression``,
   ``RandomForestClassifier``, ...): ``Imputer`` (training median; these models cannot take
-  NaN) -> ``VectorAssembler`` -> optional ``StandardScaler`` -> the classifier.
-
-Both end with :class:`~sparkml_prod.modeling.stages.ProbabilityScore`, which writes ``score``.
+  NaN) -> ``VectorAssembler`` -> optional ``StandardScaler`` -> the classifier ->
+  :class:`~sparkml_prod.modeling.stages.ProbabilityScore`, which writes ``score``.
 """
 
 from __future__ import annotations
@@ -41,11 +43,23 @@ from pyspark.sql import functions as F
 from sparkml_prod.core.config import ModelConfig, SearchConfig
 from sparkml_prod.core.errors import ClusterCapacityError, ConfigError
 from sparkml_prod.data.matrix import SPLIT_COL, VALIDATION_FLAG
+from sparkml_prod.modeling.booster_score import BoosterScore
+from sparkml_prod.modeling.booster_train import (
+    DEFAULT_TREES,
+    MANAGED_PARAMS,
+    BoosterClassifier,
+    TrainingRows,
+    fit_booster,
+    prepare_training_rows,
+    xgboost_param_names,
+)
 from sparkml_prod.modeling.stages import ProbabilityScore
 
 __all__ = [
     "Candidate",
+    "DEFAULT_TREES",
     "SearchResult",
+    "xgboost_training_rows",
     "check_model_resources",
     "task_slots",
     "model_stages",
@@ -61,8 +75,6 @@ __all__ = [
 log = logging.getLogger("sparkml_prod.modeling.training")
 
 METRICS_HIGHER_IS_BETTER = {"roc_auc": True, "pr_auc": True, "log_loss": False}
-# XGBoost's number of trees when model.params set no n_estimators.
-DEFAULT_TREES = 200
 FEATURES_VECTOR = "features"
 
 
@@ -116,18 +128,6 @@ def _model_class(path: str) -> type:
     return cls
 
 
-def _xgboost_classifier() -> type:
-    try:
-        from xgboost.spark import SparkXGBClassifier
-    except ImportError as error:
-        raise ConfigError(
-            f"model.type is 'xgboost' but xgboost.spark cannot be imported ({error}). Install "
-            "sparkml-prod[cpu] (xgboost-cpu) or sparkml-prod[gpu] (xgboost) in the driver's "
-            "and the executors' Python."
-        ) from None
-    return SparkXGBClassifier
-
-
 def search_candidates(model: ModelConfig, search: SearchConfig) -> list[dict[str, Any]]:
     """The params of every search candidate, in trial order (seeded, so a rerun draws the
     same): candidate 0 is ``model.params`` as given, then ``trials - 1`` draws from
@@ -144,8 +144,8 @@ def check_model_config(model: ModelConfig, search: SearchConfig) -> list[dict[st
     the candidates' params.
 
     The model type must import and be an Estimator; every candidate's params must build
-    it (each key a Param of the model: xgboost.spark would silently pass an unknown key
-    to the booster); ``search.metric`` must be known.
+    it (each key a Param of the model; for XGBoost an XGBClassifier parameter that the
+    library does not set itself); ``search.metric`` must be known.
     """
     if search.metric not in METRICS_HIGHER_IS_BETTER:
         raise ConfigError(
@@ -159,13 +159,21 @@ def check_model_config(model: ModelConfig, search: SearchConfig) -> list[dict[st
     candidates = search_candidates(model, search)
     for index, params in enumerate(candidates):
         where = "model.params" if index == 0 else f"search candidate {index} (model.params + space)"
-        estimator = model_stages(model, ["__feature"], params)[-2]  # the classifier
-        unknown = sorted(k for k in params if not estimator.hasParam(k))
+        if model.type == "xgboost":
+            managed = sorted(k for k in params if k in MANAGED_PARAMS)
+            if managed:
+                raise ConfigError(
+                    f"{where}: '{managed[0]}' is set by the library: {MANAGED_PARAMS[managed[0]]}."
+                )
+            known, name = xgboost_param_names(), "XGBClassifier"
+        else:
+            estimator = model_stages(model, ["__feature"], params)[-2]  # the classifier
+            known, name = [p.name for p in estimator.params], type(estimator).__name__
+        unknown = sorted(k for k in params if k not in known)
         if unknown:
-            known = [p.name for p in estimator.params]
             hint = difflib.get_close_matches(unknown[0], known, n=1)
             raise ConfigError(
-                f"{where}: '{unknown[0]}' is not a parameter of {type(estimator).__name__}"
+                f"{where}: '{unknown[0]}' is not a parameter of {name}"
                 + (f" (did you mean {', '.join(hint)}?)" if hint else "")
                 + ". Use the model's own parameter names, e.g. learning_rate, max_depth."
             )
@@ -180,28 +188,19 @@ def model_stages(
 ) -> list[Any]:
     """The unfitted model stages of the pipeline (after the feature stages)."""
     features = list(feature_columns)
-    score = ProbabilityScore(inputCol="probability", outputCol="score")
     if model.type == "xgboost":
-        SparkXGBClassifier = _xgboost_classifier()  # noqa: N806 (a class)
-        # verbose: no per-iteration evaluation log on the executors' stdout
-        settings = {"n_estimators": DEFAULT_TREES, "verbose": False, **params}
-        if model.early_stopping_rounds:
-            # the validation rows (flagged) stop the boosting; without early stopping
-            # there is no validation set (an empty one fails inside XGBoost)
-            settings["early_stopping_rounds"] = model.early_stopping_rounds
-            settings["validation_indicator_col"] = VALIDATION_FLAG
-        classifier = SparkXGBClassifier(
-            features_col=FEATURES_VECTOR,
-            label_col=label_col,
-            num_workers=model.num_workers,
-            feature_names=features,
-            missing=math.nan,
-            **settings,
-        )
-        assembler = VectorAssembler(
-            inputCols=features, outputCol=FEATURES_VECTOR, handleInvalid="keep"
-        )
-        return [assembler, classifier, score]
+        return [
+            BoosterClassifier(
+                featureCols=features,
+                labelCol=label_col,
+                validationCol=VALIDATION_FLAG if model.early_stopping_rounds else "",
+                numWorkers=model.num_workers,
+                nthread=model.task_cpus,
+                earlyStoppingRounds=model.early_stopping_rounds or 0,
+                xgboostParams=dict(params),
+            )
+        ]
+    score = ProbabilityScore(inputCol="probability", outputCol="score")
     cls = _model_class(model.type)
     imputed = [f"{c}__imputed" for c in features]
     stages: list[Any] = [
@@ -221,25 +220,52 @@ def model_stages(
     return [*stages, classifier, score]
 
 
+def xgboost_training_rows(
+    matrix: DataFrame, model: ModelConfig, feature_columns: Sequence[str], label_col: str = "label"
+) -> TrainingRows:
+    """The matrix's training rows (+ its validation rows, flagged, with early stopping)
+    prepared for XGBoost: cast, partitioned over ``num_workers`` and persisted, once for
+    every candidate fitted on them. Call ``release()`` when done."""
+    split = F.col(SPLIT_COL)
+    early = bool(model.early_stopping_rounds)
+    rows = matrix.where(split.isin("train", "validation") if early else split == "train")
+    return prepare_training_rows(
+        rows.withColumn(VALIDATION_FLAG, split == "validation"),
+        feature_columns,
+        model.num_workers,
+        label_col,
+        VALIDATION_FLAG if early else None,
+    )
+
+
 def fit_candidate(
     matrix: DataFrame,
     model: ModelConfig,
     feature_columns: Sequence[str],
     params: Mapping[str, Any],
     label_col: str = "label",
+    prepared: TrainingRows | None = None,
 ) -> PipelineModel:
-    """Fit the model stages on the training rows (XGBoost: + validation for early stopping)."""
-    stages = model_stages(model, feature_columns, params, label_col)
-    split = F.col(SPLIT_COL)
+    """Fit the model stages on the training rows (XGBoost: + validation for early stopping).
+
+    XGBoost fits on ``prepared`` (:func:`xgboost_training_rows` of ``matrix``) when given,
+    else prepares the rows for this fit alone.
+    """
     if model.type == "xgboost":
-        rows = matrix.where(split.isin("train", "validation")).withColumn(
-            VALIDATION_FLAG, split == "validation"
-        )
-        if not model.early_stopping_rounds:
-            rows = rows.where(split == "train")
-    else:
-        rows = matrix.where(split == "train")
-    return Pipeline(stages=stages).fit(rows)
+        rows = prepared or xgboost_training_rows(matrix, model, feature_columns, label_col)
+        try:
+            stage = fit_booster(
+                rows,
+                params,
+                nthread=model.task_cpus,
+                early_stopping_rounds=model.early_stopping_rounds,
+            )
+        finally:
+            if prepared is None:
+                rows.release()
+        return PipelineModel(stages=[stage])
+    stages = model_stages(model, feature_columns, params, label_col)
+    return Pipeline(stages=stages).fit(matrix.where(F.col(SPLIT_COL) == "train"))
 
 
 def sample_params(space: Mapping[str, Mapping[str, Sequence[Any]]], rng: random.Random) -> dict:
@@ -304,8 +330,8 @@ class SearchResult:
 def best_iteration(model: PipelineModel) -> int | None:
     """The early-stopping iteration of an XGBoost model stage (None for other models)."""
     for stage in model.stages:
-        if hasattr(stage, "get_booster"):
-            booster = stage.get_booster()
+        if isinstance(stage, BoosterScore):
+            booster = stage.getBooster()
             try:
                 return int(booster.best_iteration)
             except AttributeError:
@@ -336,36 +362,70 @@ def random_search(
     higher = METRICS_HIGHER_IS_BETTER[metric]
     best: Candidate | None = None
     entries = []
-    for trial, params in enumerate(candidates):
-        started = time.perf_counter()
-        fitted = fit_candidate(matrix, model, feature_columns, params, label_col)
-        seconds = time.perf_counter() - started
-        metrics = validation_metrics(fitted.transform(validation), label_col)
-        candidate = Candidate(trial, dict(params), fitted, metrics, best_iteration(fitted), seconds)
-        entries.append(candidate.log_entry())
+    started = time.perf_counter()
+    prepared = (
+        xgboost_training_rows(matrix, model, feature_columns, label_col)
+        if model.type == "xgboost"
+        else None
+    )
+    if prepared is not None:
         log.info(
-            "trial %d: validation %s %.4f (best iteration %s, %.1fs) %s",
-            trial,
-            metric,
-            metrics[metric],
-            candidate.best_iteration,
-            seconds,
-            params,
+            "XGBoost rows prepared in %.1fs: %d training, %d validation, %d worker(s)",
+            time.perf_counter() - started,
+            prepared.train_rows,
+            prepared.validation_rows,
+            prepared.num_workers,
         )
-        value, current = metrics[metric], best.metrics[metric] if best else None
-        if current is None or (value > current if higher else value < current):
-            best = candidate
+    try:
+        for trial, params in enumerate(candidates):
+            candidate = _fit_trial(
+                matrix, validation, model, feature_columns, trial, params, label_col, prepared
+            )
+            entries.append(candidate.log_entry())
+            value, current = candidate.metrics[metric], best.metrics[metric] if best else None
+            if current is None or (value > current if higher else value < current):
+                best = candidate
+    finally:
+        if prepared is not None:
+            prepared.release()
     assert best is not None, "check_model_config gives at least one candidate"
     return SearchResult(best=best, log=entries, metric=metric)
+
+
+def _fit_trial(
+    matrix: DataFrame,
+    validation: DataFrame,
+    model: ModelConfig,
+    feature_columns: Sequence[str],
+    trial: int,
+    params: Mapping[str, Any],
+    label_col: str,
+    prepared: TrainingRows | None,
+) -> Candidate:
+    started = time.perf_counter()
+    fitted = fit_candidate(matrix, model, feature_columns, params, label_col, prepared)
+    seconds = time.perf_counter() - started
+    metrics = validation_metrics(fitted.transform(validation), label_col)
+    candidate = Candidate(trial, dict(params), fitted, metrics, best_iteration(fitted), seconds)
+    log.info(
+        "trial %d: validation %s (best iteration %s, %.1fs) %s",
+        trial,
+        ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+        candidate.best_iteration,
+        seconds,
+        params,
+    )
+    return candidate
 
 
 def feature_importance(model: PipelineModel, feature_columns: Sequence[str]) -> dict[str, float]:
     """Importance per feature: XGBoost total gain, tree ensembles' importances, or the
     absolute coefficients of a linear model (on standardised features when configured)."""
     for stage in model.stages:
-        if hasattr(stage, "get_booster"):
-            scores = stage.get_booster().get_score(importance_type="total_gain")
-            return {name: float(scores.get(name, 0.0)) for name in feature_columns}
+        if isinstance(stage, BoosterScore):
+            scores = stage.getBooster().get_score(importance_type="total_gain")
+            # one number per feature for a binary booster (a list only for vector leaves)
+            return {name: float(scores.get(name, 0.0)) for name in feature_columns}  # type: ignore[arg-type]
         if hasattr(stage, "featureImportances"):
             values = stage.featureImportances.toArray()
             return {name: float(v) for name, v in zip(feature_columns, values, strict=True)}
@@ -381,12 +441,13 @@ def model_description(model: ModelConfig, params: Mapping[str, Any]) -> str:
         import xgboost
 
         kind = (
-            f"XGBoost {xgboost.__version__} (trained by xgboost.spark.SparkXGBClassifier, "
-            "scored by sparkml_prod BoosterScore)"
+            f"XGBoost {xgboost.__version__} binary:logistic (trained by sparkml_prod "
+            "BoosterClassifier: xgboost.train in Spark tasks on Arrow batches of the feature "
+            "columns; scored by sparkml_prod BoosterScore)"
         )
         extra = (
-            f", num_workers={model.num_workers}, early_stopping_rounds="
-            f"{model.early_stopping_rounds}"
+            f", num_workers={model.num_workers}, threads per worker={model.task_cpus}, "
+            f"early_stopping_rounds={model.early_stopping_rounds}"
         )
     else:
         kind = model.type + (" on standardised features" if model.standardize else "")

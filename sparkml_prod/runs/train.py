@@ -275,23 +275,6 @@ def _deployed_fit(
     return refitted, DeployedModel("refit", snapshots, built.rows, trees), matrix
 
 
-def _scoring_stages(
-    config: TrainConfig, fitted: PipelineModel, features: Sequence[str], deployed: DeployedModel
-) -> PipelineModel:
-    """The registered model stages: for XGBoost one :class:`~sparkml_prod.modeling.
-    booster_score.BoosterScore` with the trained booster and its number of trees (no
-    vector, no per-row objects when scoring), else the fitted stages themselves."""
-    if config.model.type != "xgboost":
-        return fitted
-    from sparkml_prod.modeling.booster_score import BoosterScore
-
-    (classifier,) = [s for s in fitted.stages if hasattr(s, "get_booster")]
-    booster = classifier.get_booster()
-    trees = deployed.num_trees or booster.num_boosted_rounds()
-    stage = BoosterScore.from_booster(booster, features, trees, nthread=config.model.task_cpus)
-    return PipelineModel(stages=[stage])
-
-
 def run_training(
     spark: SparkSession, config: TrainConfig, run_date: dt.date | None = None
 ) -> TrainingRun:
@@ -381,8 +364,8 @@ def run_training(
         if config.refit:
             timings["refit_s"] = time.perf_counter() - t0
         importance = feature_importance(deployed_stages, built.feature_columns)
-        # XGBoost scores through BoosterScore (Arrow batches), the same scores as its stages.
-        scoring = _scoring_stages(config, deployed_stages, built.feature_columns, deployed)
+        # XGBoost's fit is already its scoring stage: BoosterScore with the trees it uses.
+        scoring = deployed_stages
         # What monitoring compares scoring runs with: the features as the deployed model
         # learnt them, its scores on the test snapshot.
         profile = reference_profile(
