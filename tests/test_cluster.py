@@ -92,14 +92,14 @@ def registered(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) ->
     )
     # model_stages takes the params as an argument (ModelConfig.params is what the search
     # starts from), so pass them, or XGBoost grows its default 200 trees.
-    assembler, classifier, score = model_stages(config, features, config.params)
-    assert not classifier.isSet(classifier.validationIndicatorCol)  # no early stopping
+    (classifier,) = model_stages(config, features, config.params)
+    assert classifier.getOrDefault("earlyStoppingRounds") == 0  # no early stopping
     spine = active_entity_spine(
         spark, events, [dt.date(2023, 3, 1), dt.date(2023, 3, 15)], lookback="30d"
     )
     labelled = add_labels(spine, events, horizon="30d", event_filter="event_type = 'purchase'")
     rows = labelled.select("user_id", "as_of", "label")
-    model = Pipeline(stages=[aggregates, recency, assembler, classifier, score]).fit(rows)
+    model = Pipeline(stages=[aggregates, recency, classifier]).fit(rows)
 
     registry_root = str(root / "models")
     event_types = {f.name: f.dataType.simpleString() for f in read_table(spark, events).schema}
