@@ -364,20 +364,18 @@ def run_training(
         if config.refit:
             timings["refit_s"] = time.perf_counter() - t0
         importance = feature_importance(deployed_stages, built.feature_columns)
-        # XGBoost's fit is already its scoring stage: BoosterScore with the trees it uses.
-        scoring = deployed_stages
         # What monitoring compares scoring runs with: the features as the deployed model
         # learnt them, its scores on the test snapshot.
         profile = reference_profile(
             fit_rows,
             [f for f in built.feature_columns if f not in built.categorical_columns],
             built.categorical_columns,
-            scored=scoring.transform(test_rows),
+            scored=deployed_stages.transform(test_rows),
         )
     finally:
         matrix.unpersist()
 
-    final = PipelineModel(stages=[*built.feature_model.stages, *scoring.stages])
+    final = PipelineModel(stages=[*built.feature_model.stages, *deployed_stages.stages])
     card = _card(
         config,
         plan,
