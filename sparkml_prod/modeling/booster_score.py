@@ -56,20 +56,27 @@ _FEATURE_TYPES = (*NUMERIC, "boolean")
 _OBJECTIVE = "binary:logistic"
 
 
-def _at_least_one(name: str) -> Any:
+def integer_at_least(owner: str, name: str, minimum: int) -> Any:
+    """A Param type converter: an integer (not a bool) of at least ``minimum``; the error
+    names the stage ``owner`` and the Param ``name``."""
+
     def convert(value: Any) -> int:
         try:
             number = None if isinstance(value, bool) else TypeConverters.toInt(value)
         except TypeError:  # a string, 1.5
             number = None
-        if number is None or number < 1:
+        if number is None or number < minimum:
             raise ValueError(
-                f"The '{name}' parameter of BoosterScore must be an integer of at least 1. "
+                f"The '{name}' parameter of {owner} must be an integer of at least {minimum}. "
                 f"Got {value!r} instead."
             )
         return number
 
     return convert
+
+
+def _at_least_one(name: str) -> Any:
+    return integer_at_least("BoosterScore", name, 1)
 
 
 def _to_feature_cols(value: Any) -> list[str]:

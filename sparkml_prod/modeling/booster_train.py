@@ -47,7 +47,7 @@ from pyspark.sql import functions as F
 
 from sparkml_prod.core.errors import ConfigError, TrainingDataError
 from sparkml_prod.core.tables import NUMERIC, require_columns
-from sparkml_prod.modeling.booster_score import BoosterScore
+from sparkml_prod.modeling.booster_score import BoosterScore, integer_at_least
 
 __all__ = [
     "BoosterClassifier",
@@ -319,19 +319,7 @@ def _train_task(
 
 
 def _positive(name: str, minimum: int) -> Any:
-    def convert(value: Any) -> int:
-        try:
-            number = None if isinstance(value, bool) else TypeConverters.toInt(value)
-        except TypeError:
-            number = None
-        if number is None or number < minimum:
-            raise ValueError(
-                f"The '{name}' parameter of BoosterClassifier must be an integer of at least "
-                f"{minimum}. Got {value!r} instead."
-            )
-        return number
-
-    return convert
+    return integer_at_least("BoosterClassifier", name, minimum)
 
 
 def _to_params(value: Any) -> dict[str, Any]:
