@@ -10,7 +10,12 @@ mean, min and max of purchase amounts, a stddev, three exact distinct counts and
 count per event type) = 45 features, for two spines:
 
 * ``scoring``: every user, one as-of (the end of the data);
-* ``training``: every user x 6 monthly as-of dates ending at the end of the data.
+* ``training``: every user x 6 monthly as-of dates ending at the end of the data;
+* ``snapshots_1``, ``snapshots_6``, ``snapshots_26``: the workload + a 365d window (60
+  features), every user x 1, 6 or 26 weekly as-of dates ending there (run at sizes up to
+  ``--snapshots-up-to``).
+
+The goals measured are written with :mod:`results` to ``bench/results/features.json``.
 
 Contenders, each timed end to end from the stored events to a Parquet result:
 
@@ -44,6 +49,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +67,10 @@ from sparkml_prod.core.session import get_spark  # noqa: E402
 from sparkml_prod.data.synthetic import SyntheticSpec, generate_events  # noqa: E402
 from sparkml_prod.features import WindowAggregates  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from results import Goal, write_results  # noqa: E402
+from timing import best_of_with_cpu  # noqa: E402
+
 # -- data -------------------------------------------------------------------------------
 
 START, END = dt.date(2023, 1, 1), dt.date(2024, 7, 1)  # 18 months, events in [START, END)
@@ -72,6 +82,7 @@ TRAINING_SNAPSHOTS = 6
 # -- workload ---------------------------------------------------------------------------
 
 WINDOWS = {"7d": 7, "30d": 30, "90d": 90}  # name -> days
+SNAPSHOT_WINDOWS = {**WINDOWS, "365d": 365}
 FILTERS = {"purchase": "event_type = 'purchase'", "cart": "event_type = 'add_to_cart'"}
 BY_VALUES = ["page_view", "search", "product_view", "remove_from_cart"]
 AGGREGATIONS: list[dict[str, Any]] = [
@@ -122,9 +133,39 @@ FEATURES = [
     Feature("session_id_count_distinct_purchase", "count_distinct", "session_id", PURCHASE),
     *[Feature(f"event_type_{v}_count", "count", None, f"event_type = '{v}'") for v in BY_VALUES],
 ]
-# Library order: aggregation by aggregation (split values in turn), windows innermost.
-OUTPUTS = [f.name(w) for f in FEATURES for w in WINDOWS]
 KEYS = ["user_id", "as_of"]
+
+
+def outputs_of(windows: dict[str, int]) -> list[str]:
+    """Library order: aggregation by aggregation (split values in turn), windows innermost."""
+    return [f.name(w) for f in FEATURES for w in windows]
+
+
+OUTPUTS = outputs_of(WINDOWS)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A spine (every user x ``dates`` as-of dates ending at the end of the data, a
+    ``step`` apart) and the windows computed for it."""
+
+    dates: int
+    step: str  # "month" or "week"
+    windows: dict[str, int]
+
+
+SCENARIOS = {
+    "scoring": Scenario(1, "month", WINDOWS),
+    "training": Scenario(TRAINING_SNAPSHOTS, "month", WINDOWS),
+    # the snapshots series: the workload + a 365d window, 1, 6 and 26 weekly as-of dates
+    "snapshots_1": Scenario(1, "week", SNAPSHOT_WINDOWS),
+    "snapshots_6": Scenario(6, "week", SNAPSHOT_WINDOWS),
+    "snapshots_26": Scenario(26, "week", SNAPSHOT_WINDOWS),
+}
+CONTENDERS = ["library", "naive", "duckdb"]
+# The naive plan's per-window range joins over 6 and 26 as-of dates would take longer than
+# the rest of the run, and no goal needs them.
+SNAPSHOTS_WITHOUT_NAIVE = ("snapshots_6=library,duckdb", "snapshots_26=library,duckdb")
 
 
 # -- paths and data preparation ---------------------------------------------------------
@@ -164,12 +205,14 @@ def users_for(spark: SparkSession, n_events: int, sample: int = 2000) -> int:
 
 
 def as_of_dates(scenario: str) -> list[dt.datetime]:
-    """The as-of times of a scenario: the end of the data, or 6 month starts ending there."""
-    count = 1 if scenario == "scoring" else TRAINING_SNAPSHOTS
-    out = []
-    for k in range(count):
-        month = END.year * 12 + END.month - 1 - k
-        out.append(dt.datetime(month // 12, month % 12 + 1, 1))
+    """The as-of times of a scenario: month starts or weeks ending at the end of the data."""
+    plan, out = SCENARIOS[scenario], []
+    for k in range(plan.dates):
+        if plan.step == "week":
+            out.append(dt.datetime(END.year, END.month, END.day) - dt.timedelta(weeks=k))
+        else:
+            month = END.year * 12 + END.month - 1 - k
+            out.append(dt.datetime(month // 12, month % 12 + 1, 1))
     return sorted(out)
 
 
@@ -232,23 +275,32 @@ def prepare(
 # -- contenders -------------------------------------------------------------------------
 
 
-def library_features(spark: SparkSession, events: str, spine_path: str) -> DataFrame:
+def library_features(
+    spark: SparkSession,
+    events: str,
+    spine_path: str,
+    windows: dict[str, int],
+) -> DataFrame:
     spine = spark.read.format("delta").load(spine_path)
     stage = WindowAggregates(
         sourceTable=events,
-        windows=list(WINDOWS),
+        windows=list(windows),
         filters=FILTERS,
         aggregations=AGGREGATIONS,
         entityCol="user_id",
         asOfCol="as_of",
         timestampCol="event_time",
     )
-    if stage.outputColumns() != OUTPUTS:
-        raise AssertionError(f"library output names {stage.outputColumns()} != {OUTPUTS}")
+    if stage.outputColumns() != outputs_of(windows):
+        raise AssertionError(
+            f"library output names {stage.outputColumns()} != {outputs_of(windows)}"
+        )
     return stage.transform(spine)
 
 
-def naive_features(spark: SparkSession, events_path: str, spine_path: str) -> DataFrame:
+def naive_features(
+    spark: SparkSession, events_path: str, spine_path: str, windows: dict[str, int]
+) -> DataFrame:
     """The obvious hand-written version: per window, a range join and a groupBy."""
     events = spark.read.format("delta").load(events_path).alias("e")
     spine = spark.read.format("delta").load(spine_path)
@@ -270,7 +322,7 @@ def naive_features(spark: SparkSession, events_path: str, spine_path: str) -> Da
         return function(value).alias(f.name(w))
 
     out = spine
-    for w, days in WINDOWS.items():
+    for w, days in windows.items():
         joined = keys.join(
             events,
             (F.col("e.user_id") == F.col("s.user_id"))
@@ -281,15 +333,18 @@ def naive_features(spark: SparkSession, events_path: str, spine_path: str) -> Da
             F.col("s.user_id").alias("user_id"), F.col("s.as_of").alias("as_of")
         )
         out = out.join(per_window.agg(*[aggregate(f, w) for f in FEATURES]), KEYS, "left")
-    zero = {f.name(w) for f in FEATURES for w in WINDOWS if f.zero_when_empty}
+    zero = {f.name(w) for f in FEATURES for w in windows if f.zero_when_empty}
     return out.select(
         *spine.columns,
-        *[F.coalesce(F.col(n), F.lit(0)).alias(n) if n in zero else F.col(n) for n in OUTPUTS],
+        *[
+            F.coalesce(F.col(n), F.lit(0)).alias(n) if n in zero else F.col(n)
+            for n in outputs_of(windows)
+        ],
     )
 
 
-def duckdb_sql(events_glob: str, spine_glob: str, out_path: str) -> str:
-    longest = max(WINDOWS.values())
+def duckdb_sql(events_glob: str, spine_glob: str, out_path: str, windows: dict[str, int]) -> str:
+    longest = max(windows.values())
 
     def aggregate(f: Feature, w: str, days: int) -> str:
         conditions = [f"e.event_time >= s.as_of - INTERVAL {days} DAY"]
@@ -307,10 +362,10 @@ def duckdb_sql(events_glob: str, spine_glob: str, out_path: str) -> str:
         }[f.agg]
         return f"{value} FILTER (WHERE {where}) AS {f.name(w)}"
 
-    aggregates = ",\n      ".join(aggregate(f, w, d) for f in FEATURES for w, d in WINDOWS.items())
-    zero = {f.name(w) for f in FEATURES for w in WINDOWS if f.zero_when_empty}
+    aggregates = ",\n      ".join(aggregate(f, w, d) for f in FEATURES for w, d in windows.items())
+    zero = {f.name(w) for f in FEATURES for w in windows if f.zero_when_empty}
     outputs = ",\n    ".join(
-        f"coalesce(a.{n}, 0) AS {n}" if n in zero else f"a.{n}" for n in OUTPUTS
+        f"coalesce(a.{n}, 0) AS {n}" if n in zero else f"a.{n}" for n in outputs_of(windows)
     )
     return f"""
 COPY (
@@ -332,7 +387,9 @@ COPY (
 """
 
 
-def run_duckdb(events_dir: Path, spine_dir: Path, out: Path, tmp: Path) -> None:
+def run_duckdb(
+    events_dir: Path, spine_dir: Path, out: Path, tmp: Path, windows: dict[str, int]
+) -> None:
     if out.exists():
         out.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -342,7 +399,9 @@ def run_duckdb(events_dir: Path, spine_dir: Path, out: Path, tmp: Path) -> None:
         con.execute("SET memory_limit = '8GB'")
         con.execute(f"SET temp_directory = '{tmp}'")
         con.execute("SET TimeZone = 'UTC'")
-        con.execute(duckdb_sql(f"{events_dir}/*.parquet", f"{spine_dir}/*.parquet", str(out)))
+        con.execute(
+            duckdb_sql(f"{events_dir}/*.parquet", f"{spine_dir}/*.parquet", str(out), windows)
+        )
     finally:
         con.close()
 
@@ -399,17 +458,19 @@ def plan_summary(df: DataFrame, events_marker: str) -> dict[str, Any]:
 # -- comparison -------------------------------------------------------------------------
 
 
-def read_result(path: Path) -> pd.DataFrame:
+def read_result(path: Path, outputs: list[str]) -> pd.DataFrame:
     pattern = f"{path}/*.parquet" if path.is_dir() else str(path)
     df = duckdb.sql(f"SELECT * FROM read_parquet('{pattern}')").df()
     as_of = pd.to_datetime(df["as_of"])
     if as_of.dt.tz is None:
         as_of = as_of.dt.tz_localize("UTC")
     df["as_of"] = as_of.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
-    return df[[*KEYS, *OUTPUTS]].sort_values(KEYS).reset_index(drop=True)
+    return df[[*KEYS, *outputs]].sort_values(KEYS).reset_index(drop=True)
 
 
-def compare(left: pd.DataFrame, right: pd.DataFrame, rtol: float = 1e-9) -> list[str]:
+def compare(
+    left: pd.DataFrame, right: pd.DataFrame, outputs: list[str], rtol: float = 1e-9
+) -> list[str]:
     """Differences between two results: empty when they match."""
     problems = []
     if len(left) != len(right):
@@ -417,7 +478,7 @@ def compare(left: pd.DataFrame, right: pd.DataFrame, rtol: float = 1e-9) -> list
     for key in KEYS:
         if not (left[key].to_numpy() == right[key].to_numpy()).all():
             return [f"key column {key} differs"]
-    for name in OUTPUTS:
+    for name in outputs:
         a = left[name].to_numpy(dtype="float64", na_value=np.nan)
         b = right[name].to_numpy(dtype="float64", na_value=np.nan)
         bad = ~np.isclose(a, b, rtol=rtol, atol=1e-9, equal_nan=True)
@@ -438,28 +499,33 @@ def run_contender(
 ) -> DataFrame | None:
     """One end-to-end run: stored events -> result as Parquet; the Spark result frame."""
     out = paths.result(n_events, scenario, contender)
+    windows = SCENARIOS[scenario].windows
     if contender == "duckdb":
         run_duckdb(
             paths.events(n_events, "parquet"),
             paths.spine(n_events, scenario, "parquet"),
             out / "result.parquet",
             paths.root / "tmp",
+            windows,
         )
         return None
-    build = library_features if contender == "library" else naive_features
-    df = build(
-        spark, str(paths.events(n_events, "delta")), str(paths.spine(n_events, scenario, "delta"))
-    )
+    events = str(paths.events(n_events, "delta"))
+    spine = str(paths.spine(n_events, scenario, "delta"))
+    if contender == "library":
+        df = library_features(spark, events, spine, windows)
+    else:
+        df = naive_features(spark, events, spine, windows)
     df.write.mode("overwrite").parquet(str(out))
     return df
 
 
 def check(paths: Paths, n_events: int, scenario: str, contenders: list[str]) -> list[dict]:
     """Compare the last results of the contenders, the first one as the reference."""
-    frames = {c: read_result(paths.result(n_events, scenario, c)) for c in contenders}
+    outputs = outputs_of(SCENARIOS[scenario].windows)
+    frames = {c: read_result(paths.result(n_events, scenario, c), outputs) for c in contenders}
     base, out = contenders[0], []
     for other in contenders[1:]:
-        problems = compare(frames[base], frames[other])
+        problems = compare(frames[base], frames[other], outputs)
         out.append(
             {
                 "events": n_events,
@@ -473,7 +539,7 @@ def check(paths: Paths, n_events: int, scenario: str, contenders: list[str]) -> 
         verdict = "MATCH" if not problems else "MISMATCH"
         print(
             f"  check {scenario}: {base} vs {other}: {verdict} "
-            f"({len(frames[base]):,} rows x {len(OUTPUTS)} features)",
+            f"({len(frames[base]):,} rows x {len(outputs)} features)",
             flush=True,
         )
         for problem in problems[:20]:
@@ -494,14 +560,27 @@ def main(argv: list[str] | None = None) -> int:
         default=[5_000_000, 20_000_000],
         help="event counts to benchmark (default: 5000000 20000000)",
     )
+    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     parser.add_argument(
-        "--scenarios", nargs="+", default=["scoring", "training"], choices=["scoring", "training"]
+        "--snapshots-up-to",
+        type=int,
+        default=5_000_000,
+        help="run the snapshots_* scenarios only at sizes up to this (default: 5000000)",
     )
     parser.add_argument(
         "--contenders",
         nargs="+",
         default=["library", "naive", "duckdb"],
-        choices=["library", "naive", "duckdb"],
+        choices=CONTENDERS,
+        help="library, naive, duckdb; the first is the reference of the result check",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=list(SNAPSHOTS_WITHOUT_NAIVE),
+        metavar="SCENARIO=CONTENDER,...",
+        help="run only these contenders in a scenario, e.g. snapshots_26=library,naive "
+        f"(default: {' '.join(SNAPSHOTS_WITHOUT_NAIVE)}; --only alone: every contender)",
     )
     parser.add_argument("--repeats", type=int, default=2, help="timed runs after the warm-up")
     parser.add_argument("--output", default=str(ROOT / "bench-output"))
@@ -536,12 +615,22 @@ def main(argv: list[str] | None = None) -> int:
     plans: list[dict[str, Any]] = []
     for n_events in sizes:
         print(f"\n== {n_events:,} events ==", flush=True)
-        data = prepare(spark, paths, n_events, args.scenarios, args.regenerate)
-        for scenario in args.scenarios:
-            times: dict[str, list[float]] = {c: [] for c in args.contenders}
+        scenarios = [
+            s
+            for s in args.scenarios
+            if not s.startswith("snapshots") or n_events <= args.snapshots_up_to
+        ]
+        data = prepare(spark, paths, n_events, scenarios, args.regenerate)
+        only = dict(item.split("=", 1) for item in args.only)
+        for scenario in scenarios:
+            contenders = [
+                c for c in args.contenders if scenario not in only or c in only[scenario].split(",")
+            ]
+            times: dict[str, list[float]] = {c: [] for c in contenders}
+            cpus: dict[str, list[float]] = {c: [] for c in contenders}
             loads: list[float] = []
             # warm-up; on the smallest size it is also the run whose result is checked
-            for contender in args.contenders:
+            for contender in contenders:
                 t0 = time.perf_counter()
                 df = run_contender(spark, paths, contender, n_events, scenario)
                 print(
@@ -567,20 +656,22 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     if args.explain:
                         print(summary["plan"], flush=True)
-            if n_events == sizes[0] and not args.no_check and len(args.contenders) > 1:
-                checks += check(paths, n_events, scenario, args.contenders)
+            if n_events == sizes[0] and not args.no_check and len(contenders) > 1:
+                checks += check(paths, n_events, scenario, contenders)
             for repeat in range(args.repeats):
-                for contender in args.contenders:
-                    t0 = time.perf_counter()
-                    run_contender(spark, paths, contender, n_events, scenario)
-                    times[contender].append(time.perf_counter() - t0)
+                for contender in contenders:
+                    wall, cpu = best_of_with_cpu(
+                        1, partial(run_contender, spark, paths, contender, n_events, scenario)
+                    )
+                    times[contender].append(wall)
+                    cpus[contender].append(cpu)
                     loads.append(load())
                     print(
                         f"  {scenario:8s} {contender:8s} run {repeat + 1}  "
-                        f"{times[contender][-1]:7.1f}s  (load {loads[-1]})",
+                        f"{wall:7.1f}s wall {cpu:7.1f}s CPU  (load {loads[-1]})",
                         flush=True,
                     )
-            rows.append(result_row(data, n_events, scenario, times, loads))
+            rows.append(result_row(data, n_events, scenario, times, cpus, loads))
 
     total = time.perf_counter() - started
     print_table(rows)
@@ -606,10 +697,10 @@ def main(argv: list[str] | None = None) -> int:
             "data/synthetic.py": fingerprint("data/synthetic.py"),
         },
         "workload": {
-            "windows": list(WINDOWS),
+            "windows": {name: list(plan.windows) for name, plan in SCENARIOS.items()},
             "filters": FILTERS,
             "aggregations": AGGREGATIONS,
-            "features": OUTPUTS,
+            "features": {name: outputs_of(plan.windows) for name, plan in SCENARIOS.items()},
             "data": {
                 "start": str(START),
                 "end": str(END),
@@ -625,6 +716,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     (paths.root / "features.json").write_text(json.dumps(report, indent=2, default=str))
     print(f"written {paths.root / 'features.json'}")
+    goals = goals_of(rows)
+    if goals:
+        print(f"written {write_results('features', goals, rows)}")
     spark.stop()
     return 0 if all(c["match"] for c in checks) else 1
 
@@ -634,6 +728,7 @@ def result_row(
     n_events: int,
     scenario: str,
     times: dict[str, list[float]],
+    cpus: dict[str, list[float]],
     loads: list[float],
 ) -> dict[str, Any]:
     best = {c: min(t) for c, t in times.items() if t}
@@ -642,9 +737,13 @@ def result_row(
         "events_arg": n_events,
         "n_users": data["n_users"],
         "scenario": scenario,
+        "windows": list(SCENARIOS[scenario].windows),
+        "as_of_dates": len(as_of_dates(scenario)),
         "spine_rows": data["n_users"] * len(as_of_dates(scenario)),
         **{f"{c}_s": round(best[c], 2) for c in best},
+        **{f"{c}_cpu_s": round(min(v), 2) for c, v in cpus.items() if v},
         "runs_s": {c: [round(t, 2) for t in v] for c, v in times.items()},
+        "runs_cpu_s": {c: [round(t, 2) for t in v] for c, v in cpus.items()},
         "max_load_average": max(loads, default=None),
     }
     if "library" in best and "naive" in best:
@@ -654,11 +753,90 @@ def result_row(
     return row
 
 
+def goals_of(rows: list[dict[str, Any]]) -> list[Goal]:
+    """The goals of the performance issue that this run measured (each from one size:
+    the intended one, or else the largest measured, which the note then says)."""
+
+    def find(scenario: str, wanted: int, *keys: str) -> dict[str, Any] | None:
+        found = [r for r in rows if r["scenario"] == scenario and all(k in r for k in keys)]
+        exact = [r for r in found if r["events_arg"] == wanted]
+        ordered = exact or sorted(found, key=lambda r: r["events_arg"])
+        return ordered[-1] if ordered else None
+
+    def sizes(row: dict[str, Any]) -> dict[str, Any]:
+        return {k: row[k] for k in ("events", "n_users", "spine_rows", "as_of_dates", "windows")}
+
+    def note(row: dict[str, Any], wanted: int, *cpu: str) -> str:
+        parts = ["CPU s: " + ", ".join(f"{c} {row[f'{c}_cpu_s']:.1f}" for c in cpu)]
+        if row["events_arg"] != wanted:
+            parts.append(f"measured at {row['events_arg']:,} events, not {wanted:,}")
+        return "; ".join(parts)
+
+    goals = []
+    one, many = (
+        find("snapshots_1", 5_000_000, "library_s"),
+        find("snapshots_26", 5_000_000, "library_s"),
+    )
+    if one and many and one["events_arg"] == many["events_arg"]:
+        goals.append(
+            Goal(
+                "features_snapshots_26w",
+                "library, 26 weekly as-of dates vs 1 as-of (windows 7d/30d/90d/365d), wall s",
+                many["library_s"],
+                "library, 1 as-of",
+                one["library_s"],
+                2.0,
+                sizes=sizes(many),
+                note=f"{note(many, 5_000_000, 'library')}; 1 as-of CPU s "
+                f"{one['library_cpu_s']:.1f}; CPU ratio "
+                f"{many['library_cpu_s'] / one['library_cpu_s']:.2f}x (wall moves with the "
+                f"load: max load average {many['max_load_average']} vs "
+                f"{one['max_load_average']})",
+            )
+        )
+    for gid, scenario, wanted, measure in [
+        ("features_one_asof_5m", "snapshots_1", 5_000_000, "1 as-of, 4 windows"),
+        ("features_one_asof_20m_3w", "scoring", 20_000_000, "1 as-of, 3 windows"),
+        ("features_20m_6m_duckdb", "training", 20_000_000, "6 monthly as-of dates, 3 windows"),
+    ]:
+        row = find(scenario, wanted, "library_s", "duckdb_s")
+        if row:
+            goals.append(
+                Goal(
+                    gid,
+                    f"library vs DuckDB (2 threads), {measure}, wall s",
+                    row["library_s"],
+                    "duckdb",
+                    row["duckdb_s"],
+                    0.7 if scenario == "training" else 1.5,
+                    sizes=sizes(row),
+                    note=note(row, wanted, "library", "duckdb"),
+                )
+            )
+    row = find("training", 20_000_000, "library_s", "naive_s")
+    if row:
+        goals.append(
+            Goal(
+                "features_20m_6m_naive",
+                "naive Spark over library (value = naive, baseline = library: the speed-up), "
+                "6 monthly as-of dates, 3 windows, wall s",
+                row["naive_s"],
+                "library",
+                row["library_s"],
+                3.0,
+                direction=">=",
+                sizes=sizes(row),
+                note=note(row, 20_000_000, "library", "naive"),
+            )
+        )
+    return goals
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = (
-        f"{'events':>11} {'users':>8} {'scenario':>9} {'spine':>8} {'library s':>10} "
-        f"{'naive s':>9} {'duckdb s':>9} {'naive/lib':>10} {'lib/duckdb':>11} "
-        f"{'load':>5}"
+        f"{'events':>11} {'users':>8} {'scenario':>12} {'spine':>8} {'library s':>10} "
+        f"{'lib CPU s':>10} {'naive s':>9} {'duckdb s':>9} {'naive/lib':>10} "
+        f"{'lib/duckdb':>11} {'load':>5}"
     )
     print("\n" + header + "\n" + "-" * len(header))
 
@@ -670,8 +848,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
     for row in rows:
         print(
-            f"{row['events']:>11,} {row['n_users']:>8,} {row['scenario']:>9} "
-            f"{row['spine_rows']:>8,} {cell(row, 'library_s', 10)} {cell(row, 'naive_s', 9)} "
+            f"{row['events']:>11,} {row['n_users']:>8,} {row['scenario']:>12} "
+            f"{row['spine_rows']:>8,} {cell(row, 'library_s', 10)} "
+            f"{cell(row, 'library_cpu_s', 10)} {cell(row, 'naive_s', 9)} "
             f"{cell(row, 'duckdb_s', 9)} {cell(row, 'naive_over_library', 10, 'x')} "
             f"{cell(row, 'library_over_duckdb', 11, 'x')} {cell(row, 'max_load_average', 5)}"
         )
