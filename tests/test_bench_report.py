@@ -138,9 +138,42 @@ def test_report_writes_the_page_from_a_results_directory(tmp_path: Path) -> None
     report = _report()
     (tmp_path / "demo.json").write_text(json.dumps(RESULTS))
     page = tmp_path / "docs" / "benchmarks.md"
-    assert report.main(["--results", str(tmp_path), "--output", str(page)]) == 0
+    no_notes = str(tmp_path / "no-remaining.md")
+    assert (
+        report.main(["--results", str(tmp_path), "--output", str(page), "--remaining", no_notes])
+        == 0
+    )
     assert page.read_text() == EXPECTED
 
 
 def test_report_refuses_an_empty_results_directory(tmp_path: Path) -> None:
     assert _report().main(["--results", str(tmp_path), "--output", str(tmp_path / "x.md")]) == 1
+
+
+def _not_met(goal_id: str) -> dict:
+    return {**RESULTS["goals"][0], "goal_id": goal_id, "ratio": 3.0, "met": False}
+
+
+def test_report_places_the_remaining_notes_after_the_goals_and_names_goals_they_skip() -> None:
+    report = _report()
+    results = [{**RESULTS, "goals": [_not_met("slow_one"), _not_met("slow_two")]}]
+    page = report.render(results, remaining="`slow_one`: planning jobs remain.\n")
+    goals_end = page.index("## Where a goal is not met")
+    assert page.index("| `slow_two` |") < goals_end < page.index("## `demo`: raw rows")
+    section = page[goals_end : page.index("## `demo`: raw rows")]
+    assert section == (
+        "## Where a goal is not met: what remains, and why\n\n"
+        "**Not explained yet**: `slow_two`.\n\n"
+        "`slow_one`: planning jobs remain.\n\n"
+    )
+
+
+def test_report_reads_the_remaining_notes_file(tmp_path: Path) -> None:
+    report = _report()
+    (tmp_path / "demo.json").write_text(json.dumps({**RESULTS, "goals": [_not_met("slow")]}))
+    notes, page = tmp_path / "remaining.md", tmp_path / "benchmarks.md"
+    notes.write_text("`slow`: the JVM start.\n")
+    args = ["--results", str(tmp_path), "--output", str(page), "--remaining", str(notes)]
+    assert report.main(args) == 0
+    assert "\n`slow`: the JVM start.\n\n## `demo`: raw rows" in page.read_text()
+    assert "Not explained yet" not in page.read_text()
