@@ -23,7 +23,10 @@ SUBMIT := PYSPARK_PYTHON=$(abspath $(PY)) PYSPARK_DRIVER_PYTHON=$(abspath $(PY))
 # machine (about 1.5 hours on 2 cores). Extra arguments per benchmark, e.g.
 # `make bench SCALE_ARGS="--events 1000000 5000000"`; `make bench-smoke`: small sizes.
 FEATURES_ARGS ?=
+PROFILE_ARGS ?=
 TRAINING_ARGS ?=
+# the model stage alone, at each of these sizes (the issue's 1M and 5M users)
+BOOSTER_ROWS ?= 1000000 5000000
 BOOSTER_ARGS ?=
 SCORING_ARGS ?=
 SCALE_ARGS ?=
@@ -91,15 +94,17 @@ $(DEMO_MATRIX): | $(JARS)
 
 bench: setup $(DEMO_MATRIX)
 	$(PY) bench/features.py $(FEATURES_ARGS)
+	$(PY) bench/features_profile.py $(PROFILE_ARGS)
 	$(PY) bench/training.py $(TRAINING_ARGS)
-	$(PY) bench/booster_scoring.py $(BOOSTER_ARGS)
+	for rows in $(BOOSTER_ROWS); do $(PY) bench/booster_scoring.py --rows $$rows $(BOOSTER_ARGS) || exit 1; done
 	$(PY) bench/scoring.py $(SCORING_ARGS)
 	$(PY) bench/scale.py $(SCALE_ARGS)
 	$(PY) bench/report.py
 
 bench-smoke:
 	$(MAKE) bench FEATURES_ARGS="--events 200000 --repeats 1" TRAINING_ARGS="--repeats 1" \
-	  BOOSTER_ARGS="--rows 50000 --repeats 1" \
+	  PROFILE_ARGS="--runs 200000=snapshots_1 200000=snapshots_26" \
+	  BOOSTER_ROWS=50000 BOOSTER_ARGS="--repeats 1" \
 	  SCORING_ARGS="--large-users 100000 --repeats 1" SCALE_ARGS="--events 200000 1000000"
 
 bench-report: setup

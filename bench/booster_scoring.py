@@ -22,7 +22,10 @@ b. the xgboost.spark stages the library used before (``VectorAssembler`` ->
    ``SparkXGBClassifierModel`` -> ``ProbabilityScore``) around the same booster, over the
    same table;
 c. ``Booster.inplace_predict`` in this process on the matrix read into NumPy (float32,
-   read before the clock starts), ``nthread=2``: the single-process baseline.
+   read before the clock starts), ``nthread=2``: the single-process baseline;
+d. no model: the same Delta read and overwrite, the score a JVM hash of every feature
+   column (so that all are read): what Spark's scan and Delta write cost before any
+   model runs, the floor under (a) and (b).
 
 Then, untimed, the scores of (a) and (b) are compared with (c) row by row. Results go to
 ``bench-output/booster_scoring.json``, and the goal row (a against c, at most 2.5x) to
@@ -38,6 +41,7 @@ import os
 import sys
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +55,7 @@ import xgboost  # noqa: E402
 from pyspark.ml import PipelineModel  # noqa: E402
 from pyspark.ml.feature import VectorAssembler  # noqa: E402
 from pyspark.sql import DataFrame, SparkSession  # noqa: E402
+from pyspark.sql import functions as F  # noqa: E402
 from results import Goal, write_results  # noqa: E402
 from timing import best_of_with_cpu  # noqa: E402
 from xgboost.spark import SparkXGBClassifier  # noqa: E402
@@ -158,25 +163,33 @@ def main(argv: list[str] | None = None) -> int:
     outputs = {"booster_score": str(data / "scores_booster_score")}
     outputs["xgboost_spark"] = str(data / "scores_xgboost_spark")
 
-    def score_into(stages: BoosterScore | PipelineModel, target: str, rows: int = 0) -> None:
+    class NoModel:
+        """(d): every feature column read by a JVM expression, no model."""
+
+        def transform(self, df: DataFrame) -> DataFrame:
+            return df.withColumn("score", F.hash(*features).cast("double"))
+
+    def score_into(stages: Any, target: str, rows: int = 0) -> None:
         source = table.where(f"id < {rows}") if rows else table
         scored: DataFrame = stages.transform(source)
         write_table(scored.select("id", "score"), target, mode="overwrite")
 
     # Warm-up, untimed, on 1000 rows: the Python workers start and import XGBoost, the
     # JVM loads and compiles the Delta write path.
-    for stages, target in zip((ours, theirs), outputs.values(), strict=True):
-        score_into(stages, target, rows=1_000)
-    # Interleaved (a, b, a, b, ...): a change in the machine's load hits both alike.
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in outputs}
-    contenders = {"booster_score": ours, "xgboost_spark": theirs}
+    floor_target = str(data / "scores_no_model")
+    contenders = {"booster_score": ours, "xgboost_spark": theirs, "no_model": NoModel()}
+    targets = {**outputs, "no_model": floor_target}
+    for name, stages in contenders.items():
+        score_into(stages, targets[name], rows=1_000)
+    # Interleaved (a, b, d, a, b, d, ...): a change in the machine's load hits all alike.
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
     loads = [load()]
     for _ in range(args.repeats):
         for name, stages in contenders.items():
-            run = partial(score_into, stages, outputs[name])
+            run = partial(score_into, stages, targets[name])
             runs[name].append(best_of_with_cpu(1, run))
             loads.append(load())
-    (a_s, a_cpu), (b_s, b_cpu) = (
+    (a_s, a_cpu), (b_s, b_cpu), (d_s, d_cpu) = (
         (min(w for w, _ in runs[name]), min(c for _, c in runs[name])) for name in contenders
     )
     booster.set_param({"nthread": 2})
@@ -201,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         ("a. BoosterScore (Arrow batches) -> Delta", a_s, a_cpu),
         ("b. xgboost.spark stages -> Delta", b_s, b_cpu),
         ("c. Booster.inplace_predict, 1 process", c_s, c_cpu),
+        ("d. no model: Delta read -> Delta write", d_s, d_cpu),
     ]
     rows = len(ids)
     print(
@@ -256,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         2.5,
         sizes=sizes,
         note=f"CPU seconds: BoosterScore {a_cpu:.1f}, inplace_predict {c_cpu:.1f}; "
-        f"xgboost.spark stages {b_s:.1f} s wall ({b_s / c_s:.1f}x)",
+        f"xgboost.spark stages {b_s:.1f} s wall ({b_s / c_s:.1f}x); the same Delta read and "
+        f"write with no model: {d_s:.1f} s wall, {d_cpu:.1f} CPU s, so the model stage adds "
+        f"{a_s - d_s:.1f} s wall, {a_cpu - d_cpu:.1f} CPU s",
     )
     write_results(
         f"booster_scoring_{label}",

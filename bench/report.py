@@ -28,7 +28,15 @@ TARGET = ROOT / "docs" / "benchmarks.md"
 REMAINING = ROOT / "bench" / "remaining.md"
 COMMAND = "make bench"
 #: What `make bench` runs, in order: the page says which of them have no results yet.
-BENCHES = ("features", "training", "booster_scoring", "scoring", "scale")
+BENCHES = (
+    "features",
+    "features_profile",
+    "training",
+    "booster_scoring_1m",
+    "booster_scoring_5m",
+    "scoring",
+    "scale",
+)
 _VERSION_ORDER = ("pyspark", "delta-spark", "xgboost-cpu", "xgboost", "pandas", "pyarrow", "duckdb")
 
 
