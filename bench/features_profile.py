@@ -41,7 +41,20 @@ DEFAULT_RUNS = [
 #: Stages under this (wall and task time) are listed in the summary only.
 SMALL_STAGE_S = 0.5
 #: Plan nodes whose row counts say where rows are made or reduced.
-COUNTED_NODES = ("Scan", "Filter", "Exchange", "Join", "Window", "HashAggregate", "Expand")
+COUNTED_NODES = (
+    "Scan",
+    "Filter",
+    "Exchange",
+    "Join",
+    "Window",
+    "Sort",
+    "HashAggregate",
+    "Expand",
+    "WholeStageCodegen",
+)
+#: Timing metrics of plan nodes (their totals over all tasks).
+TIME_METRICS = ("duration", "sort time", "time in aggregation build", "build time")
+_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
 
 def _get(base: str, path: str) -> Any:
@@ -55,6 +68,13 @@ def _instant(text: str | None) -> float | None:
         return None
     parsed = dt.datetime.strptime(text.replace("GMT", ""), "%Y-%m-%dT%H:%M:%S.%f")
     return parsed.replace(tzinfo=dt.timezone.utc).timestamp()
+
+
+def _seconds(metric_value: str) -> float:
+    """A timing metric's total ("total (min, med, max ...)\n6.1 s (...)") in seconds."""
+    lines = metric_value.strip().split("\n")
+    amount, unit = lines[-1].split()[:2] if len(lines) > 1 else lines[0].split()[:2]
+    return float(amount.replace(",", "")) * _UNITS[unit]
 
 
 def _rows(metric_value: str) -> int:
@@ -119,14 +139,18 @@ def node_rows(base: str, app: str, description: str, label: str) -> list[dict[st
             name = node["nodeName"]
             if not any(word in name for word in COUNTED_NODES):
                 continue
-            counts = [m["value"] for m in node["metrics"] if m["name"] == "number of output rows"]
-            if counts:
+            metrics = {m["name"]: m["value"] for m in node["metrics"]}
+            times = {k: _seconds(metrics[k]) for k in TIME_METRICS if k in metrics}
+            if "number of output rows" in metrics or times:
                 out.append(
                     {
                         "table": "plan_nodes",
                         "run": label,
-                        "node": f"{node['nodeId']} {name}",
-                        "output_rows": _rows(counts[0]),
+                        "node": f"{node['nodeId']} {name}"[:60],
+                        "output_rows": _rows(metrics["number of output rows"])
+                        if "number of output rows" in metrics
+                        else None,
+                        **{f"{k.replace(' ', '_')}_s": round(v, 2) for k, v in times.items()},
                     }
                 )
     return out

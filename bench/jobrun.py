@@ -25,6 +25,8 @@ PYTHON = sys.executable  # the virtualenv's interpreter, not resolved: the venv 
 SPARK_SUBMIT = str(Path(PYTHON).parent / "spark-submit")
 DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.0"
 LOG4J2 = ROOT / "conf" / "log4j2.properties"
+#: The executor of a standalone run (the driver keeps the 4g of local mode).
+EXECUTOR_MEMORY = "6g"
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -48,20 +50,34 @@ def _delta_jars() -> list[str]:
 
 
 def submit_command(
-    script: Path | str, args: Sequence[str], py_files: Path, conf: dict[str, str] | None = None
+    script: Path | str,
+    args: Sequence[str],
+    py_files: Path,
+    conf: dict[str, str] | None = None,
+    master: str = "local[2]",
 ) -> list[str]:
     """The Makefile's ``SUBMIT``: ``local[2]``, Delta's remembered jars by ``--jars``
     (``--packages`` when none are remembered), the library by ``--py-files``, a 4g
-    driver, 8 shuffle partitions, the project's log4j2 settings."""
+    driver, 8 shuffle partitions, the project's log4j2 settings.
+
+    With a standalone ``master`` (``spark://...``): client mode, one executor of 2 cores
+    and ``EXECUTOR_MEMORY`` running this venv's Python, so that the driver's process
+    tree holds the driver alone."""
     settings = {
         "spark.sql.shuffle.partitions": "8",
         "spark.databricks.delta.snapshotPartitions": "2",
         **(conf or {}),
     }
+    cluster: list[str] = []
+    if master.startswith("spark://"):
+        cluster = ["--deploy-mode", "client", "--total-executor-cores", "2"]
+        cluster += ["--executor-memory", EXECUTOR_MEMORY]
+        settings = {"spark.pyspark.python": PYTHON, **settings}
     command = [
         SPARK_SUBMIT,
         "--master",
-        "local[2]",
+        master,
+        *cluster,
         *_delta_jars(),
         "--py-files",
         str(py_files),

@@ -104,8 +104,10 @@ def score_config(output: Path, n_users: int, model: dict[str, Any]) -> Path:
 class Contenders:
     """The three commands, each run as its own process and measured from outside."""
 
-    def __init__(self, output: Path, py_files: Path, model: dict[str, Any]) -> None:
-        self.output, self.py_files, self.model = output, py_files, model
+    def __init__(
+        self, output: Path, py_files: Path, model: dict[str, Any], master: str = "local[2]"
+    ) -> None:
+        self.output, self.py_files, self.model, self.master = output, py_files, model, master
         self.logs = output / "logs"
 
     def job(self, n_users: int, event_log: Path | None = None) -> Measured:
@@ -125,8 +127,10 @@ class Contenders:
             ["--config", str(config), "--as-of", str(AS_OF)],
             self.py_files,
             conf,
+            self.master,
         )
-        return run_measured(command, clean_env(), self.logs / f"job_{n_users}.log")
+        env = clean_env(SPARK_LOCAL_IP="127.0.0.1") if self.master != "local[2]" else clean_env()
+        return run_measured(command, env, self.logs / f"job_{n_users}.log")
 
     def minimal(self, n_users: int) -> Measured:
         table = data_dir(self.output, n_users) / "delta" / "users"
