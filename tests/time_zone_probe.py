@@ -1,14 +1,18 @@
 """The library's time-sensitive paths, run in this process's OS time zone (``TZ``).
 
-``tests/test_time_zones.py`` starts this script once per zone, in a new process (so a new
-JVM and a new pyspark), with plain ``datetime.date`` as-of dates as a job would give:
+``tests/test_time_zones.py`` starts this script in a new process (a new JVM and a new
+pyspark) started in the first zone's ``TZ``, with plain ``datetime.date`` as-of dates as a
+job would give:
 
-    python tests/time_zone_probe.py INPUTS.json OUT_DIR
+    python tests/time_zone_probe.py INPUTS.json OUT_DIR ZONE [ZONE ...]
 
+Each further zone is set with ``time.tzset()`` in the same process, which is what
+Python's conversions of naive datetimes read: one JVM start serves every zone.
 ``INPUTS.json`` names the events table, the users table and the model registry. The
-results go to ``OUT_DIR`` as Delta tables (``matrix``: spine, window features and labels;
-``scores`` and ``scores_users``: two scoring runs) and ``python.json`` (Python-side values,
-the zone's offset, the scoring run's start and end in epoch microseconds). Timestamps stay
+results of each zone go to ``OUT_DIR/<zone with '/' as '-'>`` as Delta tables
+(``matrix``: spine, window features and labels; ``scores`` and ``scores_users``: two
+scoring runs) and ``python.json`` (Python-side values, the zone's offset, the scoring
+run's start and end in epoch microseconds). Timestamps stay
 Delta timestamps: the test renders them in its own UTC session, so nothing here formats
 an instant in the OS zone.
 """
@@ -17,9 +21,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 import time
 from pathlib import Path
+
+from pyspark.sql import SparkSession
 
 from sparkml_prod.core.config import ScoreConfig, ScoringSpineConfig
 from sparkml_prod.core.session import get_spark
@@ -31,15 +38,29 @@ from sparkml_prod.runs.score import run_scoring
 A, B = dt.date(2024, 3, 10), dt.date(2024, 3, 17)  # New York moves its clocks on the 10th
 
 
-def main(inputs_file: str, out_dir: str) -> None:
+def zone_dir(out_dir: Path | str, zone: str) -> Path:
+    return Path(out_dir) / zone.replace("/", "-")
+
+
+def main(inputs_file: str, out_dir: str, zones: list[str]) -> None:
+    if os.environ.get("TZ") != zones[0]:
+        raise SystemExit(f"start the probe with TZ={zones[0]}, its first zone")
     inputs = json.loads(Path(inputs_file).read_text())
-    out = Path(out_dir)
     spark = get_spark(
         "time-zone-probe",
         master="local[1]",
         ui=False,
         conf={"spark.sql.shuffle.partitions": "1", "spark.driver.memory": "1g"},
     )
+    for zone in zones:
+        os.environ["TZ"] = zone
+        time.tzset()
+        probe(spark, inputs, zone_dir(out_dir, zone))
+    spark.stop()
+
+
+def probe(spark: SparkSession, inputs: dict[str, str], out: Path) -> None:
+    """Every time-sensitive path once, in the current OS zone, into ``out``."""
     events = inputs["events"]
     spine = active_entity_spine(spark, events, [A, B], lookback="7d")
     features = WindowAggregates(
@@ -67,8 +88,7 @@ def main(inputs_file: str, out_dir: str) -> None:
         "scoring_finished_us": finished,
     }
     (out / "python.json").write_text(json.dumps(values))
-    spark.stop()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3:])
