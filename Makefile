@@ -20,7 +20,7 @@ SUBMIT := PYSPARK_PYTHON=$(abspath $(PY)) PYSPARK_DRIVER_PYTHON=$(abspath $(PY))
 
 # `make bench`: every benchmark in turn at the issue's sizes, then docs/benchmarks.md from
 # their bench/results/<bench>.json. Not part of `make test` or CI: run it on a quiet
-# machine (about 1.5 hours on 2 cores). Extra arguments per benchmark, e.g.
+# machine (about 70 minutes on 2 cores). Extra arguments per benchmark, e.g.
 # `make bench SCALE_ARGS="--events 1000000 5000000"`; `make bench-smoke`: small sizes.
 FEATURES_ARGS ?=
 PROFILE_ARGS ?=
