@@ -14,39 +14,24 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+# the tests' helpers: the same --py-files zip and Delta jar arguments as the tests submit
+from submit import delta_jar_args, package_zip  # noqa: E402
+
+__all__ = ["package_zip"]
+
 PYTHON = sys.executable  # the virtualenv's interpreter, not resolved: the venv needs its path
 SPARK_SUBMIT = str(Path(PYTHON).parent / "spark-submit")
-DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.0"
 LOG4J2 = ROOT / "conf" / "log4j2.properties"
 #: The executor of a standalone run (the driver keeps the 4g of local mode).
 EXECUTOR_MEMORY = "6g"
 _TICK = os.sysconf("SC_CLK_TCK")
-
-
-def package_zip(target: Path) -> Path:
-    """``sparkml_prod`` zipped for ``--py-files``: the same files as ``make dist``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted((ROOT / "sparkml_prod").rglob("*")):
-            name = path.relative_to(ROOT)
-            if path.is_file() and "__pycache__" not in name.parts:
-                archive.write(path, name)
-    return target
-
-
-def _delta_jars() -> list[str]:
-    sys.path.insert(0, str(ROOT))
-    from sparkml_prod.core.jars import cached_jars, delta_packages
-
-    jars = cached_jars(delta_packages())
-    return ["--jars", ",".join(jars)] if jars else ["--packages", DELTA_PACKAGE]
 
 
 def submit_command(
@@ -78,7 +63,7 @@ def submit_command(
         "--master",
         master,
         *cluster,
-        *_delta_jars(),
+        *delta_jar_args(),
         "--py-files",
         str(py_files),
         "--driver-memory",

@@ -30,6 +30,7 @@ def delta_jar_args() -> list[str]:
 
 def package_zip(target: Path) -> Path:
     """``sparkml_prod`` zipped for ``--py-files``, the same files as ``make dist``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in sorted((ROOT / "sparkml_prod").rglob("*")):
             name = path.relative_to(ROOT)
