@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from pyspark.sql import SparkSession
+from session_packages import TEST_PACKAGES
 
 from sparkml_prod.core.session import get_spark
 
@@ -23,6 +24,7 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
             "spark.sql.warehouse.dir": str(warehouse),
             "spark.driver.memory": "4g",
         },
+        extra_packages=TEST_PACKAGES,
     )
     yield session
     session.stop()

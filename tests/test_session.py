@@ -11,7 +11,14 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 
-from sparkml_prod.core.jars import cache_file, cached_jars, delta_packages, remember_jars
+from sparkml_prod.core.jars import (
+    cache_file,
+    cached_jars,
+    delta_packages,
+    env_packages,
+    hadoop_version,
+    remember_jars,
+)
 from sparkml_prod.core.session import REQUIRED_DEFAULTS
 
 DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.0"
@@ -129,3 +136,16 @@ def test_the_test_session_loads_delta_from_the_remembered_classpath(
     assert spark.conf.get("spark.jars.packages", None) is None
     loaded = [urlparse(uri).path for uri in spark.conf.get("spark.jars").split(",")]
     assert loaded == remembered
+
+
+def test_env_packages_are_resolved_after_delta(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPARKML_PROD_PACKAGES", " org.postgresql:postgresql:42.7.4 ,, a:b:1")
+    assert env_packages() == ["org.postgresql:postgresql:42.7.4", "a:b:1"]
+    assert delta_packages(env_packages())[1:] == ["org.postgresql:postgresql:42.7.4", "a:b:1"]
+    monkeypatch.delenv("SPARKML_PROD_PACKAGES")
+    assert env_packages() == []
+
+
+def test_hadoop_version_is_the_bundled_client_line() -> None:
+    # pyspark 4.2.0 bundles hadoop-client-api-3.5.0.jar; hadoop-aws must match it
+    assert hadoop_version() == "3.5.0"

@@ -7,8 +7,10 @@ the first resolution the library remembers the jar paths Spark resolved (its
 paths as ``spark.jars``: the same jars, no resolution. A listed jar that is gone (a
 cleaned Ivy cache) makes the list stale: the next start resolves again.
 
-``python -m sparkml_prod.core.jars`` prints the list comma-separated (resolving first if
-needed), for ``spark-submit --jars``.
+``python -m sparkml_prod.core.jars [PACKAGE ...]`` prints the list comma-separated
+(resolving first if needed), for ``spark-submit --jars``: Delta's jars, then those of the
+Maven coordinates given (e.g. ``org.postgresql:postgresql:42.7.4`` for a JDBC sink, or
+``org.apache.hadoop:hadoop-aws:3.5.0`` for ``s3a://``), or of ``$SPARKML_PROD_PACKAGES``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,34 @@ from importlib import metadata
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-__all__ = ["delta_packages", "cached_jars", "remember_jars", "cache_file"]
+__all__ = [
+    "delta_packages",
+    "cached_jars",
+    "remember_jars",
+    "cache_file",
+    "env_packages",
+    "hadoop_version",
+    "PACKAGES_ENV",
+]
+
+# More Maven coordinates every local session resolves next to Delta's (comma-separated).
+PACKAGES_ENV = "SPARKML_PROD_PACKAGES"
+
+
+def env_packages() -> list[str]:
+    """The Maven coordinates of ``$SPARKML_PROD_PACKAGES`` (comma-separated), in order."""
+    return [p.strip() for p in os.environ.get(PACKAGES_ENV, "").split(",") if p.strip()]
+
+
+def hadoop_version() -> str:
+    """The Hadoop line pyspark bundles (its ``hadoop-client-api`` jar), e.g. ``3.5.0``:
+    the version ``hadoop-aws`` and other Hadoop artifacts must match."""
+    import pyspark
+
+    jars = Path(pyspark.__file__).parent / "jars"
+    for jar in sorted(jars.glob("hadoop-client-api-*.jar")):
+        return jar.name[len("hadoop-client-api-") : -len(".jar")]
+    raise RuntimeError(f"No hadoop-client-api jar under {jars}: is pyspark installed whole?")
 
 
 def delta_packages(extra_packages: Sequence[str] | None = None) -> list[str]:
@@ -68,12 +97,15 @@ def remember_jars(packages: Sequence[str], spark_jars: str) -> None:
 
 
 if __name__ == "__main__":
-    wanted = delta_packages()
+    import sys
+
+    extra = sys.argv[1:] or env_packages()
+    wanted = delta_packages(extra)
     jars = cached_jars(wanted)
     if jars is None:
         from sparkml_prod.core.session import get_spark
 
-        get_spark("sparkml-prod-jars", ui=False).stop()
+        get_spark("sparkml-prod-jars", ui=False, extra_packages=extra).stop()
         jars = cached_jars(wanted)
     if jars is None:
         raise SystemExit(f"Could not resolve {', '.join(wanted)} into a local classpath.")

@@ -77,7 +77,8 @@ def get_spark(
     ui : bool
         Whether to start the Spark UI (tests turn it off).
     extra_packages : list of str, optional
-        More Maven coordinates to resolve next to Delta's jars (local mode).
+        More Maven coordinates to resolve next to Delta's jars (local mode), after those
+        of ``$SPARKML_PROD_PACKAGES`` (comma-separated), e.g. the JDBC driver of a sink.
 
     Examples
     --------
@@ -119,9 +120,10 @@ def get_spark(
         builder = builder.config(key, value)
     # Delta's jars: from the remembered local classpath, or resolved once through Ivy
     # (always when the caller asks for packages of their own).
-    from sparkml_prod.core.jars import cached_jars, delta_packages, remember_jars
+    from sparkml_prod.core.jars import cached_jars, delta_packages, env_packages, remember_jars
 
-    packages = delta_packages(extra_packages)
+    wanted_extra = list(dict.fromkeys([*env_packages(), *(extra_packages or [])]))
+    packages = delta_packages(wanted_extra)
     given_packages = [p for p in settings.get("spark.jars.packages", "").split(",") if p]
     given_jars = [j for j in settings.get("spark.jars", "").split(",") if j]
     jars = None if given_packages else cached_jars(packages)

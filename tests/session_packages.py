@@ -1,0 +1,10 @@
+"""The Maven packages the test session resolves next to Delta's (once; then cached).
+
+Storage tests reach their servers through the one session-scoped SparkSession, so the
+connectors they need (the S3A file system, JDBC drivers) are on its classpath from the
+start. HDFS needs nothing here: its client is in pyspark's ``hadoop-client-runtime``.
+"""
+
+from __future__ import annotations
+
+TEST_PACKAGES: list[str] = []
