@@ -1,10 +1,12 @@
-"""One local SparkSession (with Delta) shared by the whole test session."""
+"""One local SparkSession (with Delta) shared by the whole test session, and the
+session's PostgreSQL server (``postgres``, started only when a test asks for it)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
+from postgres import postgres  # noqa: F401  (the session fixture, see tests/postgres.py)
 from pyspark.sql import SparkSession
 from session_packages import TEST_PACKAGES
 
