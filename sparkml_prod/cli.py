@@ -16,6 +16,7 @@ from typing import Any
 from sparkml_prod.core.config import (
     FeaturesConfig,
     GenerateConfig,
+    IngestConfig,
     MonitorConfig,
     ScoreConfig,
     TrainConfig,
@@ -91,6 +92,33 @@ def _features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ingest(args: argparse.Namespace) -> int:
+    from sparkml_prod.core.session import get_spark
+    from sparkml_prod.data.ingest import run_ingest
+
+    if (args.date is None) == (args.start is None and args.end is None):
+        raise ConfigError("ingest needs --date D, or --from D1 --to D2 (both included).")
+    if args.date is None and (args.start is None or args.end is None):
+        raise ConfigError("ingest needs both --from and --to (both dates included).")
+    start, end = (args.date, args.date) if args.date else (args.start, args.end)
+    config = load_config(args.config, IngestConfig)
+    spark = get_spark("sparkml-prod-ingest")
+    run = run_ingest(spark, config, start, end, source=str(args.config))
+    print(f"ingest run {run.run_id}: {run.start} .. {run.end} (UTC, both included)")
+    print(
+        f"read {run.read:,} records: {run.written:,} rows into {run.events_table}, "
+        f"{run.quarantined:,} quarantined into {run.quarantine_table}, "
+        f"{run.outside:,} outside the dates (not written)"
+    )
+    if run.reasons:
+        print("quarantined: " + ", ".join(f"{k} {n:,}" for k, n in run.reasons.items()))
+    if run.partitions is not None:
+        where = f" between {run.bounds[0]} and {run.bounds[1]}" if run.bounds else ""
+        print(f"read in {run.partitions} JDBC partition(s){where}")
+    print(f"ingested in {run.seconds:.1f}s")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from sparkml_prod.core.session import get_spark
     from sparkml_prod.runs.train import run_training
@@ -154,6 +182,18 @@ def _as_of(value: str) -> dt.date:
         raise argparse.ArgumentTypeError(
             f"--as-of must be a date YYYY-MM-DD, got {value!r}"
         ) from None
+
+
+def _date(option: str) -> Any:
+    def parse(value: str) -> dt.date:
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{option} must be a date YYYY-MM-DD, got {value!r}"
+            ) from None
+
+    return parse
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -281,6 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
     features = command("features", help="build and write a feature matrix")
     features.add_argument("--config", required=True, help="YAML file (see conf/features_job.yaml)")
     features.set_defaults(run=_features)
+    ingest = command("ingest", help="load CSV, Parquet or JDBC events into the Delta events table")
+    ingest.add_argument("--config", required=True, help="YAML file (see conf/ingest.yaml)")
+    ingest.add_argument("--date", type=_date("--date"), help="one UTC date YYYY-MM-DD")
+    ingest.add_argument(
+        "--from", dest="start", type=_date("--from"), help="first UTC date (included)"
+    )
+    ingest.add_argument("--to", dest="end", type=_date("--to"), help="last UTC date (included)")
+    ingest.set_defaults(run=_ingest)
     train = command("train", help="build the training matrix, train, evaluate, report, register")
     train.add_argument("--config", required=True, help="YAML file (see conf/train.yaml)")
     train.set_defaults(run=_train)

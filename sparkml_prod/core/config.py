@@ -44,6 +44,9 @@ __all__ = [
     "ScoreConfig",
     "DriftThresholdsConfig",
     "MonitorConfig",
+    "EventTimeConfig",
+    "IngestSourceConfig",
+    "IngestConfig",
 ]
 
 T = TypeVar("T")
@@ -498,3 +501,74 @@ class MonitorConfig:
     targeted_share: float = 1.0
     fail_on_alert: bool = False
     allowed_stage_classes: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class EventTimeConfig:
+    """Which source column holds the event time, and how to read it.
+
+    By the column's type in ``source.schema``: ``timestamp`` (CSV: text with an offset is
+    that instant, text without one is UTC; ``format`` is the Spark datetime pattern),
+    ``timestamp_ntz`` (a wall clock, read as UTC), ``date`` (midnight UTC), ``string``
+    (parsed with ``format``, default ISO 8601; no offset: UTC), or a number of epoch
+    ``unit`` (``seconds``, ``milliseconds`` or ``microseconds``).
+    """
+
+    column: str
+    format: str | None = None
+    unit: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestSourceConfig:
+    """Where ``sparkml-prod ingest`` reads events: CSV or Parquet files, or a JDBC table.
+
+    ``format``: ``csv``, ``parquet`` or ``jdbc``. ``schema``: column -> Spark SQL type of
+    the columns to ingest, in order (CSV: the file's columns by position; Parquet and
+    JDBC: columns by name, cast to the type; a value that does not cast is quarantined).
+    Files: ``paths`` (globs on any Hadoop file system; ``{date}`` is each ingested date,
+    YYYY-MM-DD), CSV's ``header``, ``delimiter``, ``quote``, ``escape``. JDBC: ``url``,
+    ``table`` or ``query``, ``user``, ``password_env`` (the environment variable holding
+    the password, never the password), ``driver``, and partitioned reads by
+    ``partition_column`` (numeric, date or timestamp) in ``num_partitions`` between
+    ``lower_bound`` and ``upper_bound`` (both, or neither: then one MIN/MAX query over the
+    ingested dates finds them); ``fetch_size`` rows per round trip.
+    """
+
+    format: str
+    schema: dict[str, str]
+    paths: list[str] = dataclasses.field(default_factory=list)
+    header: bool = True
+    delimiter: str = ","
+    quote: str = '"'
+    escape: str = "\\"
+    url: str | None = None
+    table: str | None = None
+    query: str | None = None
+    user: str | None = None
+    password_env: str | None = None
+    driver: str | None = None
+    partition_column: str | None = None
+    num_partitions: int = 1
+    lower_bound: int | dt.date | str | None = None
+    upper_bound: int | dt.date | str | None = None
+    fetch_size: int = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestConfig:
+    """``sparkml-prod ingest``: events from outside Delta into the Delta events table.
+
+    ``required``: columns whose null makes a row malformed (the event time always is);
+    ``rename``: source column -> column of ``events_table``. Malformed rows go to
+    ``quarantine_table``. ``allow_empty``: a source with no record for the dates empties
+    them (default: an error, nothing replaced). See :mod:`sparkml_prod.data.ingest`.
+    """
+
+    source: IngestSourceConfig
+    event_time: EventTimeConfig
+    events_table: str
+    quarantine_table: str
+    required: list[str] = dataclasses.field(default_factory=list)
+    rename: dict[str, str] = dataclasses.field(default_factory=dict)
+    allow_empty: bool = False
