@@ -80,6 +80,15 @@ EVENTS = [
     (5, U(2024, 3, 17), "page_view"),  # exactly at B: not active at B
 ]
 EVENTS_SCHEMA = "user_id long, event_time timestamp, event_type string"
+# Ingested for A = 2024-03-10: text without an offset is UTC, never the OS zone's wall clock.
+INGEST_CSV = """user_id,event_time
+1,2024-03-10 00:00:00
+2,2024-03-09 23:59:59
+3,2024-03-10 23:59:59.999999
+4,2024-03-11 00:00:00
+5,2024-03-10 02:30:00
+6,2024-03-10T09:00:00+09:00
+"""
 SCORE_SQL = "SELECT *, 1.0D / (1.0D + event_count_7d) AS score FROM __THIS__"
 ZONES = {"Asia/Tokyo": 9.0, "America/New_York": -4.0}  # offsets on 2024-03-17
 REFUSED = (
@@ -114,8 +123,10 @@ def inputs(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dic
     registry = ModelRegistry(spark, refs["models"])
     registry.register("m", Pipeline(stages=stages).fit(spine), card)
     registry.set_alias("m", "production", 1)
+    ingest_csv = root / "ingest.csv"
+    ingest_csv.write_text(INGEST_CSV)
     spec = root / "inputs.json"
-    spec.write_text(json.dumps({**refs, "registry": refs["models"]}))
+    spec.write_text(json.dumps({**refs, "registry": refs["models"], "ingest_csv": str(ingest_csv)}))
     return {**refs, "spec": str(spec), "root": str(root)}
 
 
@@ -205,6 +216,24 @@ def test_the_same_rows_under_every_os_time_zone(
         "2024-03-17T00:00:00",
     ]
     assert values["complete_until"] == "2024-03-25T00:00:00"
+
+    # [read, written, quarantined, outside]: 2 and 4 are the days around A, in any zone
+    assert values["ingest_counts"] == [6, 4, 0, 2]
+    ingested = spark.read.format("delta").load(str(tmp_path / "ingested"))
+    assert_df_equality(
+        rendered(ingested, "event_time"),
+        spark.createDataFrame(
+            [
+                (1, "2024-03-10 00:00:00.000000"),
+                (3, "2024-03-10 23:59:59.999999"),
+                (5, "2024-03-10 02:30:00.000000"),  # no such wall clock in New York
+                (6, "2024-03-10 00:00:00.000000"),  # 09:00 at +09:00
+            ],
+            "user_id long, event_time string",
+        ),
+        ignore_row_order=True,
+        ignore_nullable=True,
+    )
 
 
 @pytest.fixture(params=["Asia/Tokyo", "America/New_York"])

@@ -8,10 +8,11 @@ job would give:
 
 Each further zone is set with ``time.tzset()`` in the same process, which is what
 Python's conversions of naive datetimes read: one JVM start serves every zone.
-``INPUTS.json`` names the events table, the users table and the model registry. The
-results of each zone go to ``OUT_DIR/<zone with '/' as '-'>`` as Delta tables
-(``matrix``: spine, window features and labels; ``scores`` and ``scores_users``: two
-scoring runs) and ``python.json`` (Python-side values, the zone's offset, the scoring
+``INPUTS.json`` names the events table, the users table, the model registry and a CSV
+file of events to ingest. The results of each zone go to ``OUT_DIR/<zone with '/' as '-'>``
+as Delta tables (``matrix``: spine, window features and labels; ``scores`` and
+``scores_users``: two scoring runs; ``ingested``: the CSV's events of date A) and
+``python.json`` (Python-side values, the zone's offset, the scoring
 run's start and end in epoch microseconds). Timestamps stay
 Delta timestamps: the test renders them in its own UTC session, so nothing here formats
 an instant in the OS zone.
@@ -28,8 +29,9 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from sparkml_prod.core.config import ScoreConfig, ScoringSpineConfig
+from sparkml_prod.core.config import IngestConfig, ScoreConfig, ScoringSpineConfig, from_mapping
 from sparkml_prod.core.session import get_spark
+from sparkml_prod.data.ingest import run_ingest
 from sparkml_prod.data.labels import add_labels, labels_complete_until
 from sparkml_prod.data.spine import active_entity_spine, as_of_schedule
 from sparkml_prod.features import WindowAggregates
@@ -78,6 +80,18 @@ def probe(spark: SparkSession, inputs: dict[str, str], out: Path) -> None:
     run_scoring(spark, ScoreConfig(**base, output_table=str(out / "scores_users"), spine=users), B)
     finished = time.time_ns() // 1000
 
+    ingest = {
+        "source": {
+            "format": "csv",
+            "paths": [inputs["ingest_csv"]],
+            "schema": {"user_id": "bigint", "event_time": "timestamp"},
+        },
+        "event_time": {"column": "event_time"},
+        "events_table": str(out / "ingested"),
+        "quarantine_table": str(out / "ingested_quarantine"),
+    }
+    ingested = run_ingest(spark, from_mapping(ingest, IngestConfig), A, run_id="probe")
+
     offset = dt.datetime(2024, 3, 17, tzinfo=dt.timezone.utc).astimezone().utcoffset()
     assert offset is not None
     values = {
@@ -86,6 +100,12 @@ def probe(spark: SparkSession, inputs: dict[str, str], out: Path) -> None:
         "complete_until": labels_complete_until(spark, events, "event_time").isoformat(),
         "scoring_started_us": started,
         "scoring_finished_us": finished,
+        "ingest_counts": [
+            ingested.read,
+            ingested.written,
+            ingested.quarantined,
+            ingested.outside,
+        ],
     }
     (out / "python.json").write_text(json.dumps(values))
 
