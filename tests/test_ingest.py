@@ -18,7 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from sparkml_prod.cli import main
-from sparkml_prod.core.config import IngestConfig, from_mapping
+from sparkml_prod.core.config import IngestConfig, from_mapping, load_config
 from sparkml_prod.core.errors import ConfigError, EmptyResultError, SchemaError
 from sparkml_prod.data.ingest import run_ingest
 
@@ -118,10 +118,6 @@ def test_csv_good_rows_quarantine_rerun_and_another_date(
         "quarantined: null in a required column 1, unparsable value 2, wrong field count 2",
     ]
     run_id = printed[0].split()[2].rstrip(":")
-    events = spark.createDataFrame(GOOD_10, EVENTS_SCHEMA)
-    assert_df_equality(
-        table(spark, tmp_path / "events"), events, ignore_row_order=True, ignore_nullable=True
-    )
     reasons = [
         ("amount: 'abc' is not a double", "3,2024-03-10 10:00:00,purchase,abc"),
         ("event_time: 'not-a-time' is not a timestamp", "4,not-a-time,purchase,1.0"),
@@ -133,10 +129,12 @@ def test_csv_good_rows_quarantine_rerun_and_another_date(
             '"event_type":"page_view","amount":2.0}',
         ),
     ]
-    quarantined = [(D10, run_id, f"file:{file_10}", *reason) for reason in reasons]
+    source_file = f"file:{file_10}"
     assert_df_equality(
         table(spark, tmp_path / "quarantine"),
-        spark.createDataFrame(quarantined, QUARANTINE_SCHEMA),
+        spark.createDataFrame(
+            [(D10, run_id, source_file, *reason) for reason in reasons], QUARANTINE_SCHEMA
+        ),
         ignore_row_order=True,
         ignore_nullable=True,
     )
@@ -159,7 +157,7 @@ def test_csv_good_rows_quarantine_rerun_and_another_date(
     assert_df_equality(
         table(spark, tmp_path / "quarantine"),
         spark.createDataFrame(
-            [(*q[:1], "run-10b", *q[2:]) for q in quarantined], QUARANTINE_SCHEMA
+            [(D10, "run-10b", source_file, *reason) for reason in reasons], QUARANTINE_SCHEMA
         ),
         ignore_row_order=True,
         ignore_nullable=True,
@@ -335,6 +333,15 @@ def test_the_whole_config_is_checked_before_any_data_is_read(
     assert not (landed / "events").exists() and not (landed / "quarantine").exists()
 
 
+def test_ingest_needs_one_date_or_a_range(capsys: pytest.CaptureFixture[str]) -> None:
+    for dates in ([], ["--date", "2024-03-10", "--from", "2024-03-10"], ["--from", "2024-03-10"]):
+        assert main(["ingest", "--config", "conf/ingest.yaml", *dates]) == 2
+        assert "sparkml-prod ingest: error: ingest needs " in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["ingest", "--config", "conf/ingest.yaml", "--to", "2024-02-30"])
+    assert "--to must be a date YYYY-MM-DD, got '2024-02-30'" in capsys.readouterr().err
+
+
 def test_a_password_in_the_yaml_is_refused(landed: Path) -> None:
     settings = csv_config(landed, source=jdbc_source(password="secret"))
     with pytest.raises(ConfigError, match=r"unknown key 'source.password'; expected one of: "):
@@ -461,3 +468,20 @@ def test_jdbc_partitioned_reads_of_the_dates_only(
         ignore_row_order=True,
         ignore_nullable=True,
     )
+
+
+def test_the_example_config_loads() -> None:
+    config = load_config(Path(__file__).parent.parent / "conf" / "ingest.yaml", IngestConfig)
+    assert (config.source.format, config.source.paths) == (
+        "csv",
+        ["demo-output/landing/events/{date}/*.csv"],
+    )
+    assert list(config.source.schema) == [
+        "user_id",
+        "event_time",
+        "event_type",
+        "session_id",
+        "amount",
+        "product_category",
+    ]
+    assert (config.event_time.column, config.required) == ("event_time", ["user_id"])

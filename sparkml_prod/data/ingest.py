@@ -15,7 +15,8 @@ gives for them ends in exactly one of three places, and the run reports each cou
   file's ``{date}``, else the event's date, else (no event time) the run's first date;
 * **outside**: records whose event time lies outside the ingested dates are not written
   (they are ingested with their own date). A JDBC source is asked only for the ingested
-  dates (the filter is pushed down), so it has none.
+  dates (the filter is pushed down; not for a text event time), so it has none, and a
+  row with a null event time, which belongs to no date, is not read.
 
 Idempotent by date: the events table's rows in ``[start, end + 1 day)`` and the
 quarantine table's rows of those ingest dates are each replaced in one Delta commit

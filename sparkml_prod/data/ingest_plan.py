@@ -230,8 +230,7 @@ def _check_keys(config: IngestConfig, source: str) -> None:
         wrong = [k for k in _FILE_KEYS if getattr(src, k) != _default(defaults[k], k)]
     else:
         wrong = [k for k in (*_JDBC_KEYS, "lower_bound", "upper_bound") if getattr(src, k)]
-        if src.num_partitions != 1:
-            wrong.append("num_partitions")
+        wrong += [k for k in ("num_partitions", "fetch_size") if getattr(src, k) != defaults[k]]
     if wrong:
         raise _error(
             source,
