@@ -16,11 +16,14 @@ from chispa import assert_df_equality
 from postgres import Postgres
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from sparkml_prod.cli import main
 from sparkml_prod.core.config import IngestConfig, from_mapping, load_config
 from sparkml_prod.core.errors import ConfigError, EmptyResultError, SchemaError
 from sparkml_prod.data.ingest import run_ingest
+from sparkml_prod.data.ingest_plan import IngestPlan, event_instant
+from sparkml_prod.data.ingest_sources import SourceSpec
 
 UTC = dt.timezone.utc
 D10, D11 = dt.date(2024, 3, 10), dt.date(2024, 3, 11)
@@ -485,3 +488,44 @@ def test_the_example_config_loads() -> None:
         "product_category",
     ]
     assert (config.event_time.column, config.required) == ("event_time", ["user_id"])
+
+
+def instants(spark: SparkSession, kind: str, values: list[Any], **how: Any) -> list[Any]:
+    """Epoch microseconds of ``values`` (a column of type ``kind``) read as an event time."""
+    spec = SourceSpec(
+        format="parquet",
+        columns={"t": T.DataType.fromDDL(kind)},
+        time_column="t",
+        time_format=how.get("format"),
+    )
+    plan = IngestPlan(
+        spec=spec,
+        required=(),
+        output_names={"t": "t"},
+        events_table="unused",
+        quarantine_table="unused",
+        time_unit=how.get("unit"),
+        time_text="a timestamp",
+        templated=False,
+        paths={},
+        jdbc_where=None,
+        jdbc_partitioning={},
+    )
+    frame = spark.createDataFrame([(v,) for v in values], f"t {kind}")
+    return [r[0] for r in frame.select(F.unix_micros(event_instant(plan))).collect()]
+
+
+def test_event_times_from_text_epoch_numbers_and_dates(spark: SparkSession) -> None:
+    at_0930 = 1_710_063_000_000_000  # 2024-03-10 09:30:00 UTC
+    text = ["10/03/2024 09:30", "31/02/2024 00:00", "soon", None]
+    assert instants(spark, "string", text, format="dd/MM/yyyy HH:mm") == [at_0930, None, None, None]
+    assert instants(spark, "string", ["2024-03-10 09:30:00", "2024-03-10T18:30:00+09:00"]) == [
+        at_0930,
+        at_0930,
+    ]
+    assert instants(spark, "bigint", [1_710_063_000_123, None], unit="milliseconds") == [
+        at_0930 + 123_000,
+        None,
+    ]
+    assert instants(spark, "double", [1_710_063_000.5], unit="seconds") == [at_0930 + 500_000]
+    assert instants(spark, "date", [D10]) == [1_710_028_800_000_000]  # midnight UTC
