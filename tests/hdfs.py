@@ -113,10 +113,14 @@ def mini_dfs_cluster(base_dir: Path) -> Iterator[MiniDfs]:
     base_dir.mkdir(parents=True, exist_ok=True)
     log = base_dir / "minidfs.log"
     started = time.perf_counter()
-    with log.open("wb") as out:
+    classpath = _classpath(hdfs_jars_dir())
+    # Open while the JVM runs: py4j copies its stdout into it line by line (stderr is the
+    # file itself, inherited).
+    out = log.open("w")
+    try:
         port, process = launch_gateway(
             jarpath=_py4j_jar(),
-            classpath=_classpath(hdfs_jars_dir()),
+            classpath=classpath,
             javaopts=JVM_OPTIONS,
             die_on_exit=True,
             redirect_stdout=out,
@@ -125,6 +129,9 @@ def mini_dfs_cluster(base_dir: Path) -> Iterator[MiniDfs]:
             return_proc=True,
             cwd=str(base_dir),
         )
+    except BaseException:
+        out.close()
+        raise
     gateway: JavaGateway | None = None
     cluster: Any = None
     try:
@@ -152,3 +159,4 @@ def mini_dfs_cluster(base_dir: Path) -> Iterator[MiniDfs]:
             with contextlib.suppress(Exception):
                 gateway.close()
         stop_process_groups([process])
+        out.close()

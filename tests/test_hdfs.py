@@ -235,36 +235,6 @@ def test_a_rename_onto_an_existing_hdfs_directory_is_refused_and_moves_nothing(
     assert not storage.exists(source)
 
 
-def test_scoring_into_hdfs_replaces_only_its_date(
-    spark: SparkSession, hdfs: MiniDfs, setup: Any
-) -> None:
-    registry = ModelRegistry(spark, setup["registry"])
-    registry.set_alias("m", "production", 2)
-    config = ScoreConfig(
-        model="m@production", registry_root=setup["registry"], output_table=hdfs.url("/e2e/s")
-    )
-    run_scoring(spark, config, A)
-    run_scoring(spark, config, B)
-    before_b = read_table(spark, config.output_table).where(F.col("as_of") == F.lit(B)).collect()
-    rerun = run_scoring(spark, config, A)  # the same date again: replaced, not appended
-    assert rerun.rows == 2
-    table = read_table(spark, config.output_table)
-    assert_df_equality(
-        written(spark, config.output_table),
-        scores(spark, SCORES[A] + SCORES[B]),
-        ignore_row_order=True,
-        ignore_nullable=True,
-    )
-    assert {r["run_id"] for r in table.where(F.col("as_of") == F.lit(A)).collect()} == {
-        rerun.run_id
-    }
-    assert_df_equality(  # the other date is untouched: same rows, run id and time
-        table.where(F.col("as_of") == F.lit(B)),
-        spark.createDataFrame(before_b, table.schema),
-        ignore_row_order=True,
-    )
-
-
 def _score_job(
     config: Path, first: dt.date, second: dt.date, log: Path, env: dict[str, str]
 ) -> Any:
@@ -286,7 +256,7 @@ def _score_job(
         )
 
 
-def test_two_scoring_jobs_write_one_hdfs_scores_table_at_once(
+def test_two_scoring_jobs_write_one_hdfs_scores_table_at_once_and_a_rerun_replaces_its_date(
     spark: SparkSession, hdfs: MiniDfs, setup: Any, tmp_path: Path
 ) -> None:
     ModelRegistry(spark, setup["registry"]).set_alias("m", "production", 2)
@@ -334,3 +304,24 @@ def test_two_scoring_jobs_write_one_hdfs_scores_table_at_once(
     )
     assert delta_version(spark, table) == 3  # four commits: one per date, no extra
     assert sorted(os.listdir(barrier)) == ["1", "2"]
+
+    # A rerun of a date replaces that date's partition: one copy, the other dates untouched.
+    others = read_table(spark, table).where(F.col("as_of") != F.lit(A)).collect()
+    same = ScoreConfig(model="m@production", registry_root=setup["registry"], output_table=table)
+    rerun = run_scoring(spark, same, A)
+    assert rerun.rows == 2
+    after = read_table(spark, table)
+    assert_df_equality(
+        written(spark, table),
+        scores(spark, SCORES[A] + SCORES[B] + SCORES[C] + SCORES[D]),
+        ignore_row_order=True,
+        ignore_nullable=True,
+    )
+    assert {r["run_id"] for r in after.where(F.col("as_of") == F.lit(A)).collect()} == {
+        rerun.run_id
+    }
+    assert_df_equality(  # same rows, run ids and scoring times
+        after.where(F.col("as_of") != F.lit(A)),
+        spark.createDataFrame(others, after.schema),
+        ignore_row_order=True,
+    )
