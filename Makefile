@@ -4,6 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 JARS := $(VENV)/.delta-jars
+# Hadoop's MiniDFSCluster and its runtime jars for the HDFS tests (tests/hdfs.py), at the
+# Hadoop line pyspark bundles; never on a Spark classpath.
+HDFS_JARS := $(VENV)/hdfs-jars
+HDFS_JARS_DONE := $(HDFS_JARS)/.fetched
 # Delta's Maven artifact for this Spark line; Ivy reads ~/.m2 first, so Maven can fill it.
 DELTA_ARTIFACT := io.delta:delta-spark_4.2_2.13:4.4.0
 PYTEST_ARGS ?=
@@ -33,7 +37,7 @@ SCALE_ARGS ?=
 # bench/training.py reads the demo's training matrix; built like `make demo` does.
 DEMO_MATRIX := demo-output/tables/training_matrix/_delta_log
 
-.PHONY: setup demo test lint dist clean bench bench-smoke bench-report
+.PHONY: setup demo test lint dist clean bench bench-smoke bench-report hdfs-jars
 
 setup: $(JARS)
 
@@ -59,6 +63,22 @@ $(JARS): $(INSTALLED)
 	  || { tail -40 $(VENV)/delta-jars.log; exit 1; }
 	touch $@
 
+# `mvn dependency:copy-dependencies` of tests/hdfs-minicluster.pom.xml (the minicluster and
+# what it needs at run time: hadoop-client-api/-runtime, slf4j, ...) at pyspark's Hadoop
+# version, then its web apps extracted next to the jars (the NameNode and DataNode start
+# faster than when Jetty unpacks them from the 56 MB jar each time).
+hdfs-jars: $(HDFS_JARS_DONE)
+
+$(HDFS_JARS_DONE): tests/hdfs-minicluster.pom.xml | $(INSTALLED)
+	rm -rf $(HDFS_JARS)
+	mvn -q -f tests/hdfs-minicluster.pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+	  -Dhadoop.version=$$($(PY) -c 'from sparkml_prod.core.jars import hadoop_version; print(hadoop_version())') \
+	  -DoutputDirectory=$(abspath $(HDFS_JARS))
+	$(PY) -c "import glob, zipfile; \
+	  jar = zipfile.ZipFile(glob.glob('$(HDFS_JARS)/hadoop-client-minicluster-*.jar')[0]); \
+	  jar.extractall('$(HDFS_JARS)/resources', [n for n in jar.namelist() if n.startswith('webapps/')])"
+	touch $@
+
 # The wheel (for pip on executors' images) and a zip of the package for --py-files.
 dist: $(INSTALLED)
 	rm -rf dist && mkdir -p dist
@@ -81,7 +101,7 @@ demo: setup dist
 	$(VENV)/bin/sparkml-prod retrain --config conf/train.yaml --as-of $(SCORE_AS_OF)
 	@echo "Delta tables under $(CURDIR)/demo-output/tables, models under $(CURDIR)/demo-output/models"
 
-test: setup
+test: setup $(HDFS_JARS_DONE)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup

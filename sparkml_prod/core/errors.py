@@ -22,6 +22,7 @@ __all__ = [
     "ModelCardError",
     "RebuildMismatchError",
     "MonitoringAlertError",
+    "ConcurrentWriteError",
 ]
 
 
@@ -30,8 +31,9 @@ class SparkmlProdError(Exception):
 
     ``exit_code`` is what the command line (and so a ``spark-submit`` job) exits with
     when the error stops it: 2 config, 3 input data, 4 cluster capacity, 5 refused
-    promotion, 6 model registry, 7 a monitoring alert the job was told to fail on; 1 for
-    any other error of the library.
+    promotion, 6 model registry, 7 a monitoring alert the job was told to fail on, 8 a
+    write that lost to concurrent writers every time it was tried (rerun it); 1 for any
+    other error of the library.
     """
 
     exit_code = 1
@@ -125,3 +127,10 @@ class MonitoringAlertError(SparkmlProdError, RuntimeError):
     job was configured with ``fail_on_alert``; the message lists each alert."""
 
     exit_code = 7
+
+
+class ConcurrentWriteError(SparkmlProdError, RuntimeError):
+    """A Delta write that conflicted with concurrent writers to the same table on every one
+    of its bounded attempts. Nothing of it was committed; the job can be rerun as it is."""
+
+    exit_code = 8

@@ -9,7 +9,8 @@ A *table reference* is one string, so it fits in a YAML config or a model Param:
 :func:`table_expression` turns a reference into what :meth:`SparkSession.table`
 resolves, :func:`overwrite_partition` replaces exactly one partition in one Delta
 commit (re-running a job for the same date leaves no duplicates and never a
-half-written table), and :func:`require_columns` checks columns and types before a long
+half-written table; concurrent writers of other partitions are retried, see there), and
+:func:`require_columns` checks columns and types before a long
 job starts.
 
 ``read_table(..., version=v)`` reads a Delta table as it was at version ``v`` (time travel),
@@ -22,17 +23,24 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import re
+import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
-from sparkml_prod.core.errors import SchemaError, SourceVersionError, TableNotFoundError
+from sparkml_prod.core.errors import (
+    ConcurrentWriteError,
+    SchemaError,
+    SourceVersionError,
+    TableNotFoundError,
+)
 from sparkml_prod.core.time import to_utc
 
 __all__ = [
@@ -49,7 +57,10 @@ __all__ = [
     "table_versions",
     "NUMERIC",
     "sql_literal",
+    "WRITE_ATTEMPTS",
 ]
+
+log = logging.getLogger("sparkml_prod.core.tables")
 
 # Accepted type names for a column that only has to be numeric.
 NUMERIC: tuple[str, ...] = ("tinyint", "smallint", "int", "bigint", "float", "double", "decimal")
@@ -207,6 +218,17 @@ def sql_literal(value: object) -> str:
     return f"'{escaped}'"
 
 
+# Attempts of one partition replace that lose to concurrent writers before it gives up.
+WRITE_ATTEMPTS = 4
+# Test-only: "<directory>,<parties>" makes each partition replace wait, inside its write
+# job (after Delta read the table's snapshot, before it commits), until <parties>
+# processes reached the same write; see :func:`_barrier`.
+BARRIER_ENV = "SPARKML_PROD_TEST_WRITE_BARRIER"
+BARRIER_TIMEOUT_S = 180.0
+# Seconds before the n-th retry: n times this.
+RETRY_BACKOFF_S = 0.5
+
+
 def overwrite_partition(
     df: DataFrame,
     ref: str,
@@ -221,14 +243,122 @@ def overwrite_partition(
     partitioned by those columns. Delta refuses the write (and leaves the table as it
     was) if ``df`` holds a row outside the partition. ``options`` are more Delta write
     options (e.g. ``mergeSchema``).
+
+    Concurrent writers (other jobs writing other partitions of the same table, on a
+    file system whose Delta log store is safe for them: HDFS, not local disk): every
+    write, the one that creates the table too, is a ``replaceWhere`` of its partition,
+    so it can never remove another writer's rows. Delta commits writes of disjoint
+    partitions one after the other by itself; where it refuses a commit (two writers
+    created the table at once, a concurrent write changed the schema or touched the same
+    partition) nothing was committed, and the write is tried again from a fresh snapshot,
+    up to ``WRITE_ATTEMPTS`` times in all. ``df`` is computed again at each attempt:
+    persist it first.
+
+    Raises
+    ------
+    ConcurrentWriteError
+        Every attempt lost to a concurrent writer; the table holds none of ``df``.
     """
+    import delta.exceptions  # noqa: F401  (installs the conversion of Delta's conflicts)
+    from delta.exceptions.base import (
+        ConcurrentAppendException,
+        ConcurrentDeleteDeleteException,
+        ConcurrentDeleteReadException,
+        ConcurrentTransactionException,
+        ConcurrentWriteException,
+        DeltaConcurrentModificationException,
+        MetadataChangedException,
+        ProtocolChangedException,
+    )
+
+    conflicts = (
+        ConcurrentAppendException,
+        ConcurrentDeleteDeleteException,
+        ConcurrentDeleteReadException,
+        ConcurrentTransactionException,
+        ConcurrentWriteException,
+        DeltaConcurrentModificationException,
+        MetadataChangedException,
+        ProtocolChangedException,
+    )
     predicate = " AND ".join(f"`{col}` = {sql_literal(v)}" for col, v in partition.items())
-    if table_exists(df.sparkSession, ref):
-        write_table(
-            df, ref, mode="overwrite", options={**(options or {}), "replaceWhere": predicate}
-        )
-    else:
-        write_table(df, ref, mode="overwrite", partition_by=list(partition), options=options)
+    settings = {**(options or {}), "replaceWhere": predicate}
+    data = _barrier(df)
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        # Partitioning is only given to create the table: Delta refuses a partitioning
+        # that differs from an existing table's, and reads it from the table otherwise.
+        columns = [] if table_exists(df.sparkSession, ref) else list(partition)
+        try:
+            write_table(data, ref, mode="overwrite", partition_by=columns, options=settings)
+            return
+        except conflicts as error:
+            reason = f"{type(error).__name__}: {_first_line(error)}"
+            if attempt == WRITE_ATTEMPTS:
+                raise ConcurrentWriteError(
+                    f"Table '{ref}': replacing partition {predicate} conflicted with "
+                    f"concurrent writes to the table {WRITE_ATTEMPTS} times (last: "
+                    f"{reason}). Nothing of this write was committed and the table's other "
+                    "partitions are as the other writers left them. Rerun the job: the "
+                    "write replaces its partition, so a rerun leaves exactly one copy."
+                ) from error
+            log.warning(
+                "Table '%s': replacing partition %s conflicted with a concurrent write "
+                "(attempt %d of %d, %s); retrying from the table's new snapshot",
+                ref,
+                predicate,
+                attempt,
+                WRITE_ATTEMPTS,
+                reason,
+            )
+            time.sleep(RETRY_BACKOFF_S * attempt)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+_barrier_rounds = 0
+
+
+def _barrier(df: DataFrame) -> DataFrame:
+    """``df``, or with ``$SPARKML_PROD_TEST_WRITE_BARRIER`` set, ``df`` behind a barrier.
+
+    Test-only, to make concurrent writers overlap deterministically: the write job's
+    tasks pass the rows through a function that first marks this process as arrived at
+    this process's n-th partition replace (``<directory>/<n>/<pid>``) and waits until
+    ``<parties>`` processes have. The write job runs inside Delta's transaction, after it
+    read the table's snapshot and before it commits, so every party commits against the
+    snapshot it read before any other party committed. A retried attempt finds the
+    barrier passed. Unset (always, outside tests), the data is written unchanged.
+    """
+    setting = os.environ.get(BARRIER_ENV)
+    if not setting:
+        return df
+    global _barrier_rounds
+    _barrier_rounds += 1
+    directory, parties = setting.rsplit(",", 1)
+    arrival = os.path.join(directory, str(_barrier_rounds), str(os.getpid()))
+    return df.mapInArrow(_BarrierPass(arrival, int(parties)), df.schema)
+
+
+class _BarrierPass:
+    """The task side of :func:`_barrier` (a picklable callable)."""
+
+    def __init__(self, arrival: str, parties: int) -> None:
+        self.arrival, self.parties = arrival, parties
+
+    def __call__(self, batches: Iterator[Any]) -> Iterator[Any]:
+        round_dir = os.path.dirname(self.arrival)
+        os.makedirs(round_dir, exist_ok=True)
+        with open(self.arrival, "w"):
+            pass
+        deadline = time.monotonic() + BARRIER_TIMEOUT_S
+        while len(os.listdir(round_dir)) < self.parties:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"write barrier {round_dir}: fewer than {self.parties} came")
+            time.sleep(0.05)
+        yield from batches
 
 
 def delta_version(spark: SparkSession, ref: str) -> int:
