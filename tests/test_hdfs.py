@@ -25,7 +25,8 @@ from submit import clean_env
 
 from sparkml_prod.cli import main
 from sparkml_prod.core.config import ScoreConfig, TrainConfig, from_mapping
-from sparkml_prod.core.tables import BARRIER_ENV, delta_version, read_table, write_table
+from sparkml_prod.core.tables import delta_version, read_table, write_table
+from sparkml_prod.core.write_barrier import BARRIER_ENV
 from sparkml_prod.data.matrix import build_training_matrix
 from sparkml_prod.features import WindowAggregates, load_feature_spec
 from sparkml_prod.registry import ModelRegistry

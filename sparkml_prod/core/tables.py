@@ -28,7 +28,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -42,6 +42,7 @@ from sparkml_prod.core.errors import (
     TableNotFoundError,
 )
 from sparkml_prod.core.time import to_utc
+from sparkml_prod.core.write_barrier import behind_write_barrier
 
 __all__ = [
     "is_path",
@@ -220,11 +221,6 @@ def sql_literal(value: object) -> str:
 
 # Attempts of one partition replace that lose to concurrent writers before it gives up.
 WRITE_ATTEMPTS = 4
-# Test-only: "<directory>,<parties>" makes each partition replace wait, inside its write
-# job (after Delta read the table's snapshot, before it commits), until <parties>
-# processes reached the same write; see :func:`_barrier`.
-BARRIER_ENV = "SPARKML_PROD_TEST_WRITE_BARRIER"
-BARRIER_TIMEOUT_S = 180.0
 # Seconds before the n-th retry: n times this.
 RETRY_BACKOFF_S = 0.5
 
@@ -283,7 +279,7 @@ def overwrite_partition(
     )
     predicate = " AND ".join(f"`{col}` = {sql_literal(v)}" for col, v in partition.items())
     settings = {**(options or {}), "replaceWhere": predicate}
-    data = _barrier(df)
+    data = behind_write_barrier(df)
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         # Partitioning is only given to create the table: Delta refuses a partitioning
         # that differs from an existing table's, and reads it from the table otherwise.
@@ -316,49 +312,6 @@ def overwrite_partition(
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-
-
-_barrier_rounds = 0
-
-
-def _barrier(df: DataFrame) -> DataFrame:
-    """``df``, or with ``$SPARKML_PROD_TEST_WRITE_BARRIER`` set, ``df`` behind a barrier.
-
-    Test-only, to make concurrent writers overlap deterministically: the write job's
-    tasks pass the rows through a function that first marks this process as arrived at
-    this process's n-th partition replace (``<directory>/<n>/<pid>``) and waits until
-    ``<parties>`` processes have. The write job runs inside Delta's transaction, after it
-    read the table's snapshot and before it commits, so every party commits against the
-    snapshot it read before any other party committed. A retried attempt finds the
-    barrier passed. Unset (always, outside tests), the data is written unchanged.
-    """
-    setting = os.environ.get(BARRIER_ENV)
-    if not setting:
-        return df
-    global _barrier_rounds
-    _barrier_rounds += 1
-    directory, parties = setting.rsplit(",", 1)
-    arrival = os.path.join(directory, str(_barrier_rounds), str(os.getpid()))
-    return df.mapInArrow(_BarrierPass(arrival, int(parties)), df.schema)
-
-
-class _BarrierPass:
-    """The task side of :func:`_barrier` (a picklable callable)."""
-
-    def __init__(self, arrival: str, parties: int) -> None:
-        self.arrival, self.parties = arrival, parties
-
-    def __call__(self, batches: Iterator[Any]) -> Iterator[Any]:
-        round_dir = os.path.dirname(self.arrival)
-        os.makedirs(round_dir, exist_ok=True)
-        with open(self.arrival, "w"):
-            pass
-        deadline = time.monotonic() + BARRIER_TIMEOUT_S
-        while len(os.listdir(round_dir)) < self.parties:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"write barrier {round_dir}: fewer than {self.parties} came")
-            time.sleep(0.05)
-        yield from batches
 
 
 def delta_version(spark: SparkSession, ref: str) -> int:
