@@ -10,17 +10,25 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import os
+import signal
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cards import make_card
 from postgres import Postgres
 from pyspark.ml import Pipeline
 from pyspark.ml.feature import SQLTransformer
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from session_packages import POSTGRES_JDBC
+from standalone import log_tail, stop_process_groups
+from submit import LOG4J2, PYTHON, ROOT, SPARK_SUBMIT, clean_env, package_zip
 
 import sparkml_prod.runs.score as score_module
 from sparkml_prod.core.config import JdbcSinkConfig, ScoreConfig, from_mapping
@@ -328,6 +336,13 @@ def test_a_staging_count_other_than_the_runs_is_not_committed(
         f"wrote 2 to Delta, so table '{table}' was not changed. Another run of the same date "
         "may have written at the same time: rerun the date."
     )
+    # staging rows of another run (one that replaced the staging table meanwhile)
+    with pytest.raises(SinkError) as caught:
+        upsert_scores(spark, sink, frame(spark, A, [0.5], "run-x"), A, 1, run_id="run-a2")
+    assert str(caught.value).startswith(
+        f"Staging table '{table}__staging_20240310' holds 0 rows of 2024-03-10 from run "
+        "run-a2, but the run wrote 1 to Delta"
+    )
     assert scores(postgres, table) == FIRST
 
 
@@ -344,3 +359,101 @@ def test_unreachable_database_fails_before_scoring(
     )
     assert "password authentication failed for user" in str(caught.value)
     assert not Path(cfg.output_table).exists()  # nothing was scored
+
+
+@pytest.mark.slow
+def test_a_submitted_job_killed_mid_swap_leaves_the_previous_rows(
+    spark: SparkSession,
+    setup: dict[str, Any],
+    postgres: Postgres,
+    password: str,
+    tmp_path: Path,
+) -> None:
+    """``spark-submit jobs/score.py`` with the driver from ``python -m sparkml_prod.core.jars``,
+    SIGKILLed while its swap transaction waits on a lock the test holds on the target."""
+    table = "scores_killed"
+    upsert_scores(spark, sink_for(postgres, table), frame(spark, A, [0.25, 0.75], "run-a"), A, 2)
+    cfg = config(setup, postgres, table, model="m/2")
+    conf = tmp_path / "score.yaml"
+    conf.write_text(
+        yaml.safe_dump(
+            {
+                "model": cfg.model,
+                "registry_root": cfg.registry_root,
+                "output_table": cfg.output_table,
+                "jdbc_sink": dataclasses.asdict(cfg.jdbc_sink),  # type: ignore[call-overload]
+            }
+        )
+    )
+    jars = subprocess.run(
+        [PYTHON, "-m", "sparkml_prod.core.jars", POSTGRES_JDBC],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env=clean_env(PYTHONPATH=str(ROOT)),
+    ).stdout.strip()
+    # Holds the target's lock: the job's DELETE waits inside its open transaction.
+    holder = subprocess.Popen(
+        [str(postgres.bin_dir / "psql"), "-X", "-q", "-At", "-h", postgres.host]
+        + ["-p", str(postgres.port), "-U", postgres.user, "-d", postgres.database],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PGPASSWORD": password},
+    )
+    job: subprocess.Popen[bytes] | None = None
+    log = tmp_path / "score.log"
+    try:
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.write(f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT 1;\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline() == "1\n"
+        command = [str(SPARK_SUBMIT), "--master", "local[1]", "--jars", jars]
+        command += ["--py-files", str(package_zip(tmp_path / "lib.zip"))]
+        command += ["--driver-java-options", f"-Dlog4j2.configurationFile=file:{LOG4J2}"]
+        command += ["--conf", "spark.sql.shuffle.partitions=2"]
+        command += [str(ROOT / "jobs" / "score.py"), "--config", str(conf), "--as-of", str(A)]
+        with log.open("wb") as out:
+            job = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+                env=clean_env(
+                    PYSPARK_PYTHON=PYTHON,
+                    PYSPARK_DRIVER_PYTHON=PYTHON,
+                    **{PASSWORD_ENV: password},
+                ),
+                start_new_session=True,
+            )
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = "
+            f"'{postgres.user}' AND wait_event_type = 'Lock' AND query LIKE 'DELETE FROM%'"
+        )
+        deadline = time.monotonic() + 600
+        while postgres.sql(waiting, superuser=True) != [("1",)]:
+            assert job.poll() is None, f"the job ended early:\n{log_tail(log)}"
+            assert time.monotonic() < deadline, f"the job never reached the swap:\n{log_tail(log)}"
+            time.sleep(0.5)
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=60)
+    finally:
+        if job is not None:
+            stop_process_groups([job])
+        holder.communicate("ROLLBACK;\n", timeout=60)
+    # The killed client's session ends on the server (its DELETE rolled back) ...
+    gone = f"SELECT count(*) FROM pg_stat_activity WHERE usename = '{postgres.user}'"
+    deadline = time.monotonic() + 120
+    while postgres.sql(gone, superuser=True) != [("0",)]:
+        assert time.monotonic() < deadline, "the killed job's database session never ended"
+        time.sleep(0.2)
+    # ... and leaves the seed rows, and its staging table for the next run to replace.
+    assert scores(postgres, table) == FIRST[:2]
+    assert staging_tables(postgres, table) == [(f"{table}__staging_20240310",)]
+
+    rerun = run_scoring(spark, cfg, A)
+    assert rows(postgres, table) == V2_AT_A
+    assert run_ids(postgres, table) == [("2024-03-10", rerun.run_id)]
+    assert staging_tables(postgres, table) == []

@@ -358,6 +358,7 @@ def _score_spine(
             this_run.select(*OUTPUT_COLUMNS),
             as_of,
             sum(counts.values()),
+            run_id=run_id,
         )
     seconds = time.perf_counter() - started
     return ScoringRun(

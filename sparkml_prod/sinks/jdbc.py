@@ -245,14 +245,17 @@ def _write_staging(scores: DataFrame, sink: ScoresSink, staging: str) -> None:
     )
 
 
-def _swap_sql(sink: ScoresSink, staging: str, as_of: dt.date) -> tuple[str, str]:
+def _swap_sql(
+    sink: ScoresSink, staging: str, as_of: dt.date, run_id: str | None
+) -> tuple[str, str]:
     day = f"DATE '{as_of.isoformat()}'"
+    own = "" if run_id is None else " AND run_id = '" + run_id.replace("'", "''") + "'"
     delete = f"DELETE FROM {sink.table} WHERE as_of = {day}"
     insert = (
         f"INSERT INTO {sink.table} ({', '.join(COLUMNS)}) SELECT user_id, "
         "DATE '1970-01-01' + as_of_days, score, model_name, model_version, variant, holdout, "
         "TIMESTAMPTZ '1970-01-01 00:00:00+00' + scored_at_micros * INTERVAL '1 microsecond', "
-        f"run_id FROM {staging} WHERE DATE '1970-01-01' + as_of_days = {day}"
+        f"run_id FROM {staging} WHERE DATE '1970-01-01' + as_of_days = {day}{own}"
     )
     return delete, insert
 
@@ -263,13 +266,15 @@ def upsert_scores(
     scores: DataFrame,
     as_of: dt.date,
     expected_rows: int,
+    run_id: str | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> int:
     """Replace the rows of ``as_of`` in the sink's table by ``scores`` (their
     ``COLUMNS``, all of that date) in one transaction; returns the rows inserted.
 
     ``expected_rows`` is how many rows the Delta write counted: a staging table with
-    another count is refused (rolled back) rather than committed. ``on_step`` is called
+    another count (of ``run_id``'s rows, when given) is refused (rolled back) rather than
+    committed, so a concurrent run of the same date cannot slip in. ``on_step`` is called
     with ``"staged"`` after the staging write and ``"swapped"`` after the delete and insert
     (inside the open transaction, before the commit): a place to observe or interrupt
     the run.
@@ -284,7 +289,7 @@ def upsert_scores(
         ) from err
     if on_step is not None:
         on_step("staged")
-    delete, insert = _swap_sql(sink, staging, as_of)
+    delete, insert = _swap_sql(sink, staging, as_of, run_id)
     id_type = _ID_TYPES.get(dict(scores.dtypes)["user_id"], "text")
     connection = _connect(spark, sink)
     try:
@@ -296,7 +301,8 @@ def upsert_scores(
         if inserted != expected_rows:
             _rollback(connection)
             raise SinkError(
-                f"Staging table '{staging}' holds {inserted} rows of {as_of}, but the run "
+                f"Staging table '{staging}' holds {inserted} rows of {as_of}"
+                f"{'' if run_id is None else f' from run {run_id}'}, but the run "
                 f"wrote {expected_rows} to Delta, so table '{sink.table}' was not changed. "
                 "Another run of the same date may have written at the same time: rerun the "
                 "date."
