@@ -361,6 +361,21 @@ def test_unreachable_database_fails_before_scoring(
     assert not Path(cfg.output_table).exists()  # nothing was scored
 
 
+def test_a_target_without_the_score_columns_fails_before_scoring(
+    spark: SparkSession, setup: dict[str, Any], postgres: Postgres, password: str
+) -> None:
+    postgres.sql("CREATE TABLE scores_other (user_id bigint, as_of date, score double precision)")
+    cfg = config(setup, postgres, "scores_other")
+    with pytest.raises(SinkError) as caught:
+        run_scoring(spark, cfg, A)
+    assert str(caught.value) == (
+        f"Table 'scores_other' at {postgres.jdbc_url} lacks column(s) model_name, "
+        "model_version, variant, holdout, scored_at, run_id of the scores; it has user_id, "
+        "as_of, score. Point jdbc_sink.table at a new table (it is created) or add the columns."
+    )
+    assert not Path(cfg.output_table).exists()  # nothing was scored
+
+
 @pytest.mark.slow
 def test_a_submitted_job_killed_mid_swap_leaves_the_previous_rows(
     spark: SparkSession,

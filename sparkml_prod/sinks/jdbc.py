@@ -193,7 +193,8 @@ def prepare_target(spark: SparkSession, sink: ScoresSink, user_id_type: str) -> 
         schema, _, name = sink.table.rpartition(".")
         lookup = connection.prepareStatement(
             "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
-            "AND table_schema = COALESCE(NULLIF(?, ''), current_schema())"
+            "AND table_schema = COALESCE(NULLIF(?, ''), current_schema()) "
+            "ORDER BY ordinal_position"
         )
         lookup.setString(1, name)
         lookup.setString(2, schema)
