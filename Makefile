@@ -8,6 +8,9 @@ JARS := $(VENV)/.delta-jars
 # Hadoop line pyspark bundles; never on a Spark classpath.
 HDFS_JARS := $(VENV)/hdfs-jars
 HDFS_JARS_DONE := $(HDFS_JARS)/.fetched
+# Debian's PostgreSQL server, which the JDBC tests start on 127.0.0.1 (tests/postgres.py).
+POSTGRESQL := $(VENV)/.postgresql
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Delta's Maven artifact for this Spark line; Ivy reads ~/.m2 first, so Maven can fill it.
 DELTA_ARTIFACT := io.delta:delta-spark_4.2_2.13:4.4.0
 PYTEST_ARGS ?=
@@ -79,6 +82,14 @@ $(HDFS_JARS_DONE): tests/hdfs-minicluster.pom.xml | $(INSTALLED)
 	  jar.extractall('$(HDFS_JARS)/resources', [n for n in jar.namelist() if n.startswith('webapps/')])"
 	touch $@
 
+# The tests run their own server from these binaries; the package's own cluster is unused.
+$(POSTGRESQL): | $(PY)
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	  || { $(SUDO) apt-get update -qq \
+	       && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql; }
+	ls /usr/lib/postgresql/*/bin/initdb
+	touch $@
+
 # The wheel (for pip on executors' images) and a zip of the package for --py-files.
 dist: $(INSTALLED)
 	rm -rf dist && mkdir -p dist
@@ -101,7 +112,7 @@ demo: setup dist
 	$(VENV)/bin/sparkml-prod retrain --config conf/train.yaml --as-of $(SCORE_AS_OF)
 	@echo "Delta tables under $(CURDIR)/demo-output/tables, models under $(CURDIR)/demo-output/models"
 
-test: setup $(HDFS_JARS_DONE)
+test: setup $(HDFS_JARS_DONE) $(POSTGRESQL)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup

@@ -1,5 +1,6 @@
-"""One local SparkSession (with Delta) shared by the whole test session, and one HDFS
-(a MiniDFSCluster in its own JVM) for the tests that ask for it."""
+"""One local SparkSession (with Delta) shared by the whole test session, and the servers
+of the storage tests, each started only when a test asks for it: one HDFS (a
+MiniDFSCluster in its own JVM) and one PostgreSQL (``postgres``, see tests/postgres.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from hdfs import MiniDfs, mini_dfs_cluster
+from postgres import postgres  # noqa: F401  (the session fixture, see tests/postgres.py)
 from pyspark.sql import SparkSession
 from session_packages import TEST_PACKAGES
 

@@ -7,4 +7,7 @@ start. HDFS needs nothing here: its client is in pyspark's ``hadoop-client-runti
 
 from __future__ import annotations
 
-TEST_PACKAGES: list[str] = []
+#: PostgreSQL's JDBC driver (class ``org.postgresql.Driver``): the JDBC sink and ingest tests.
+POSTGRES_JDBC = "org.postgresql:postgresql:42.7.8"
+
+TEST_PACKAGES: list[str] = [POSTGRES_JDBC]

@@ -23,6 +23,7 @@ __all__ = [
     "RebuildMismatchError",
     "MonitoringAlertError",
     "ConcurrentWriteError",
+    "SinkError",
 ]
 
 
@@ -32,8 +33,9 @@ class SparkmlProdError(Exception):
     ``exit_code`` is what the command line (and so a ``spark-submit`` job) exits with
     when the error stops it: 2 config, 3 input data, 4 cluster capacity, 5 refused
     promotion, 6 model registry, 7 a monitoring alert the job was told to fail on, 8 a
-    write that lost to concurrent writers every time it was tried (rerun it); 1 for any
-    other error of the library.
+    write that lost to concurrent writers every time it was tried (rerun it), 9 an
+    external sink (a database) that refused or lost the write; 1 for any other error of
+    the library.
     """
 
     exit_code = 1
@@ -134,3 +136,11 @@ class ConcurrentWriteError(SparkmlProdError, RuntimeError):
     of its bounded attempts. Nothing of it was committed; the job can be rerun as it is."""
 
     exit_code = 8
+
+
+class SinkError(SparkmlProdError, RuntimeError):
+    """Writing results into an external system (a JDBC database) failed: the driver is
+    missing, the database refused the connection or the statements, or the connection was
+    lost. The target keeps its previous rows; rerunning the date retries the write."""
+
+    exit_code = 9
