@@ -4,6 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 JARS := $(VENV)/.delta-jars
+# Hadoop's MiniDFSCluster and its runtime jars for the HDFS tests (tests/hdfs.py), at the
+# Hadoop line pyspark bundles; never on a Spark classpath.
+HDFS_JARS := $(VENV)/hdfs-jars
+HDFS_JARS_DONE := $(HDFS_JARS)/.fetched
 # Debian's PostgreSQL server, which the JDBC tests start on 127.0.0.1 (tests/postgres.py).
 POSTGRESQL := $(VENV)/.postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -36,7 +40,7 @@ SCALE_ARGS ?=
 # bench/training.py reads the demo's training matrix; built like `make demo` does.
 DEMO_MATRIX := demo-output/tables/training_matrix/_delta_log
 
-.PHONY: setup demo test lint dist clean bench bench-smoke bench-report
+.PHONY: setup demo test lint dist clean bench bench-smoke bench-report hdfs-jars
 
 setup: $(JARS)
 
@@ -60,6 +64,22 @@ $(JARS): $(INSTALLED)
 	             mvn -q dependency:get -Dtransitive=false -Dartifact=$$artifact; done; \
 	       $(PY) -m sparkml_prod.core.session > $(VENV)/delta-jars.log 2>&1; } \
 	  || { tail -40 $(VENV)/delta-jars.log; exit 1; }
+	touch $@
+
+# `mvn dependency:copy-dependencies` of tests/hdfs-minicluster.pom.xml (the minicluster and
+# what it needs at run time: hadoop-client-api/-runtime, slf4j, ...) at pyspark's Hadoop
+# version, then its web apps extracted next to the jars (the NameNode and DataNode start
+# faster than when Jetty unpacks them from the 56 MB jar each time).
+hdfs-jars: $(HDFS_JARS_DONE)
+
+$(HDFS_JARS_DONE): tests/hdfs-minicluster.pom.xml | $(INSTALLED)
+	rm -rf $(HDFS_JARS)
+	mvn -q -f tests/hdfs-minicluster.pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+	  -Dhadoop.version=$$($(PY) -c 'from sparkml_prod.core.jars import hadoop_version; print(hadoop_version())') \
+	  -DoutputDirectory=$(abspath $(HDFS_JARS))
+	$(PY) -c "import glob, zipfile; \
+	  jar = zipfile.ZipFile(glob.glob('$(HDFS_JARS)/hadoop-client-minicluster-*.jar')[0]); \
+	  jar.extractall('$(HDFS_JARS)/resources', [n for n in jar.namelist() if n.startswith('webapps/')])"
 	touch $@
 
 # The tests run their own server from these binaries; the package's own cluster is unused.
@@ -92,7 +112,7 @@ demo: setup dist
 	$(VENV)/bin/sparkml-prod retrain --config conf/train.yaml --as-of $(SCORE_AS_OF)
 	@echo "Delta tables under $(CURDIR)/demo-output/tables, models under $(CURDIR)/demo-output/models"
 
-test: setup $(POSTGRESQL)
+test: setup $(HDFS_JARS_DONE) $(POSTGRESQL)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup

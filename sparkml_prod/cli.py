@@ -389,8 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Exit codes: 0 done, 2 a config or usage error, 3 input data (schema, leakage, labels,
     an empty result, a rebuild that differs), 4 cluster capacity, 5 a refused promotion,
     6 the model registry (unknown model, a bad card, a tampered model), 7 a monitoring
-    alert with ``fail_on_alert``, 1 any other library error. ``--debug`` shows the
-    traceback instead.
+    alert with ``fail_on_alert``, 8 a Delta write that lost to concurrent writers of the
+    same table on each of its attempts (nothing of it was committed; rerun the command),
+    1 any other library error. ``--debug`` shows the traceback instead.
     """
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -145,8 +145,17 @@ class Postgres:
             timeout=SQL_TIMEOUT_S,
         )
         if result.returncode != 0:
+            gone = (
+                ""
+                if _running(self.pid)
+                else (
+                    f" The server (PID {self.pid}) is not running; {self.log_file}:\n"
+                    f"{log_tail(self.log_file, 20)}"
+                )
+            )
             raise RuntimeError(
-                f"psql failed (exit {result.returncode}) on {statement!r}: {result.stderr.strip()}"
+                f"psql failed (exit {result.returncode}) on {statement!r}: "
+                f"{result.stderr.strip()}{gone}"
             )
         out = result.stdout
         if out.endswith("\n"):
@@ -157,6 +166,15 @@ class Postgres:
             tuple(None if value == _NULL else value for value in record.split(_FIELD_SEP))
             for record in out.split(_RECORD_SEP)
         ]
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat_line[stat_line.rfind(")") + 2 :].split()[0] != "Z"
 
 
 def _server_user() -> pwd.struct_passwd | None:

@@ -31,7 +31,7 @@ from standalone import log_tail, standalone_cluster, stop_process_groups
 from submit import clean_env, delta_jar_args, package_zip
 
 from sparkml_prod.core.config import ModelConfig, ScoreConfig, ScoringSpineConfig
-from sparkml_prod.core.tables import read_table, write_table
+from sparkml_prod.core.tables import overwrite_partition, read_table, write_table
 from sparkml_prod.data.labels import add_labels
 from sparkml_prod.data.spine import active_entity_spine
 from sparkml_prod.data.synthetic import SyntheticSpec, generate_events
@@ -205,7 +205,9 @@ def test_spark_submit_on_a_standalone_cluster_scores_as_local_mode_does(
     workdir = tmp_path / "submit"
     workdir.mkdir()
     log = tmp_path / "spark-submit.log"
-    with standalone_cluster(tmp_path / "cluster", workers=2, cores=1, memory="1g") as master:
+    # One worker with two cores: the executor is a JVM of its own, apart from the driver,
+    # which is what the packaging needs; a second worker would only add two JVM starts.
+    with standalone_cluster(tmp_path / "cluster", workers=1, cores=2, memory="1g") as master:
         command = [
             str(VENV_BIN / "spark-submit"),
             "--master",
@@ -255,12 +257,11 @@ def test_spark_submit_on_a_standalone_cluster_scores_as_local_mode_does(
             stop_process_groups([submit])
     outcome = "timed out after 600 s" if returncode is None else f"exited with {returncode}"
     assert returncode == 0, f"spark-submit {outcome}; last lines of {log}:\n{log_tail(log)}"
-    # The job ran on the cluster: each worker launched an executor for it.
-    for worker in ("worker-0", "worker-1"):
-        worker_log = tmp_path / "cluster" / f"{worker}.log"
-        assert list((tmp_path / "cluster" / worker).glob("app-*/*")), (
-            f"{worker} launched no executor; its log:\n{log_tail(worker_log)}"
-        )
+    # The job ran on the cluster: the worker launched an executor for it.
+    worker_log = tmp_path / "cluster" / "worker-0.log"
+    assert list((tmp_path / "cluster" / "worker-0").glob("app-*/*")), (
+        f"worker-0 launched no executor; its log:\n{log_tail(worker_log)}"
+    )
 
     run_scoring(spark, registered.config(str(tmp_path / "scores_local")), AS_OF)
     on_cluster = scores(spark, cluster_table)
@@ -277,8 +278,20 @@ def test_a_scoring_run_killed_while_writing_leaves_the_previous_content(
     write_table(spark.range(CRASH_USERS).withColumnRenamed("id", "user_id"), users)
     table = tmp_path / "scores_crash"
     config = registered.config(str(table), users_table=users)
-    first = run_scoring(spark, config, AS_OF)
-    assert first.rows == CRASH_USERS
+    # The previous content: an earlier run's partition of the same users (written
+    # directly, in the scores table's schema: scoring it in-process would cost a run).
+    earlier = spark.range(CRASH_USERS).select(
+        F.col("id").alias("user_id"),
+        F.lit(AS_OF).alias("as_of"),
+        (F.col("id") % 1000 / 1000.0).alias("score"),
+        F.lit("m").alias("model_name"),
+        F.lit(1).alias("model_version"),
+        F.lit("champion").alias("variant"),
+        F.lit(False).alias("holdout"),
+        F.timestamp_micros(F.lit(1_681_000_000_000_000)).alias("scored_at"),
+        F.lit("earlier-run").alias("run_id"),
+    )
+    overwrite_partition(earlier, str(table), {"as_of": AS_OF})
     # The child shows Spark's progress bar, so silence means it hangs.
     script = textwrap.dedent(
         f"""
@@ -335,4 +348,5 @@ def test_a_scoring_run_killed_while_writing_leaves_the_previous_content(
         F.count(F.lit(1)).alias("rows"), F.countDistinct("user_id").alias("users")
     ).first()
     assert counts is not None
-    assert (counts["rows"], counts["users"], again.rows) == (CRASH_USERS, CRASH_USERS, first.rows)
+    assert (counts["rows"], counts["users"], again.rows) == (CRASH_USERS,) * 3
+    assert partition.where(F.col("run_id") == "earlier-run").count() == 0

@@ -41,6 +41,7 @@ __all__ = [
     "ChallengerConfig",
     "HoldoutConfig",
     "ScoringSpineConfig",
+    "JdbcSinkConfig",
     "ScoreConfig",
     "DriftThresholdsConfig",
     "MonitorConfig",
@@ -441,6 +442,26 @@ class ScoringSpineConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class JdbcSinkConfig:
+    """Scores also upserted into a PostgreSQL table after the Delta write.
+
+    ``url`` is a ``jdbc:postgresql://host:port/database`` URL (no password in it),
+    ``table`` a ``table`` or ``schema.table`` name (letters, digits, underscores; folded
+    to lower case as PostgreSQL does), created with a primary key ``(user_id, as_of)``
+    when absent. The password is read from the environment variable named by
+    ``password_env``, never from the file. ``batch_size`` rows per JDBC insert batch;
+    ``write_partitions`` parallel connections writing the staging table.
+    """
+
+    url: str
+    table: str
+    user: str
+    password_env: str
+    batch_size: int = 10_000
+    write_partitions: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
 class ScoreConfig:
     """``sparkml-prod score`` / ``jobs/score.py``: which model scores whom, and where to.
 
@@ -448,7 +469,8 @@ class ScoreConfig:
     (e.g. a production copy); ``allow_empty`` lets an empty result replace the partition;
     ``allowed_stage_classes`` as for :class:`TrainConfig`; ``holdout`` flags users the
     action skips; ``features_table`` also keeps every scored row's features (partitioned
-    by ``as_of``, replaced like the scores) for drift monitoring.
+    by ``as_of``, replaced like the scores) for drift monitoring; ``jdbc_sink`` also
+    upserts the date's scores into a PostgreSQL table (:mod:`sparkml_prod.sinks.jdbc`).
     """
 
     model: str
@@ -461,6 +483,7 @@ class ScoreConfig:
     allowed_stage_classes: list[str] = dataclasses.field(default_factory=list)
     holdout: HoldoutConfig | None = None
     features_table: str | None = None
+    jdbc_sink: JdbcSinkConfig | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,8 @@ __all__ = [
     "ModelCardError",
     "RebuildMismatchError",
     "MonitoringAlertError",
+    "ConcurrentWriteError",
+    "SinkError",
 ]
 
 
@@ -30,8 +32,10 @@ class SparkmlProdError(Exception):
 
     ``exit_code`` is what the command line (and so a ``spark-submit`` job) exits with
     when the error stops it: 2 config, 3 input data, 4 cluster capacity, 5 refused
-    promotion, 6 model registry, 7 a monitoring alert the job was told to fail on; 1 for
-    any other error of the library.
+    promotion, 6 model registry, 7 a monitoring alert the job was told to fail on, 8 a
+    write that lost to concurrent writers every time it was tried (rerun it), 9 an
+    external sink (a database) that refused or lost the write; 1 for any other error of
+    the library.
     """
 
     exit_code = 1
@@ -125,3 +129,18 @@ class MonitoringAlertError(SparkmlProdError, RuntimeError):
     job was configured with ``fail_on_alert``; the message lists each alert."""
 
     exit_code = 7
+
+
+class ConcurrentWriteError(SparkmlProdError, RuntimeError):
+    """A Delta write that conflicted with concurrent writers to the same table on every one
+    of its bounded attempts. Nothing of it was committed; the job can be rerun as it is."""
+
+    exit_code = 8
+
+
+class SinkError(SparkmlProdError, RuntimeError):
+    """Writing results into an external system (a JDBC database) failed: the driver is
+    missing, the database refused the connection or the statements, or the connection was
+    lost. The target keeps its previous rows; rerunning the date retries the write."""
+
+    exit_code = 9

@@ -9,7 +9,8 @@ A *table reference* is one string, so it fits in a YAML config or a model Param:
 :func:`table_expression` turns a reference into what :meth:`SparkSession.table`
 resolves, :func:`overwrite_partition` replaces exactly one partition in one Delta
 commit (re-running a job for the same date leaves no duplicates and never a
-half-written table), and :func:`require_columns` checks columns and types before a long
+half-written table; concurrent writers of other partitions are retried, see there), and
+:func:`require_columns` checks columns and types before a long
 job starts.
 
 ``read_table(..., version=v)`` reads a Delta table as it was at version ``v`` (time travel),
@@ -22,8 +23,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -32,8 +35,14 @@ from urllib.parse import unquote
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
-from sparkml_prod.core.errors import SchemaError, SourceVersionError, TableNotFoundError
+from sparkml_prod.core.errors import (
+    ConcurrentWriteError,
+    SchemaError,
+    SourceVersionError,
+    TableNotFoundError,
+)
 from sparkml_prod.core.time import to_utc
+from sparkml_prod.core.write_barrier import behind_write_barrier
 
 __all__ = [
     "is_path",
@@ -49,7 +58,10 @@ __all__ = [
     "table_versions",
     "NUMERIC",
     "sql_literal",
+    "WRITE_ATTEMPTS",
 ]
+
+log = logging.getLogger("sparkml_prod.core.tables")
 
 # Accepted type names for a column that only has to be numeric.
 NUMERIC: tuple[str, ...] = ("tinyint", "smallint", "int", "bigint", "float", "double", "decimal")
@@ -207,6 +219,12 @@ def sql_literal(value: object) -> str:
     return f"'{escaped}'"
 
 
+# Attempts of one partition replace that lose to concurrent writers before it gives up.
+WRITE_ATTEMPTS = 4
+# Seconds before the n-th retry: n times this.
+RETRY_BACKOFF_S = 0.5
+
+
 def overwrite_partition(
     df: DataFrame,
     ref: str,
@@ -221,14 +239,79 @@ def overwrite_partition(
     partitioned by those columns. Delta refuses the write (and leaves the table as it
     was) if ``df`` holds a row outside the partition. ``options`` are more Delta write
     options (e.g. ``mergeSchema``).
+
+    Concurrent writers (other jobs writing other partitions of the same table, on a
+    file system whose Delta log store is safe for them: HDFS, not local disk): every
+    write, the one that creates the table too, is a ``replaceWhere`` of its partition,
+    so it can never remove another writer's rows. Delta commits writes of disjoint
+    partitions one after the other by itself; where it refuses a commit (two writers
+    created the table at once, a concurrent write changed the schema or touched the same
+    partition) nothing was committed, and the write is tried again from a fresh snapshot,
+    up to ``WRITE_ATTEMPTS`` times in all. ``df`` is computed again at each attempt:
+    persist it first.
+
+    Raises
+    ------
+    ConcurrentWriteError
+        Every attempt lost to a concurrent writer; the table holds none of ``df``.
     """
+    import delta.exceptions  # noqa: F401  (installs the conversion of Delta's conflicts)
+    from delta.exceptions.base import (
+        ConcurrentAppendException,
+        ConcurrentDeleteDeleteException,
+        ConcurrentDeleteReadException,
+        ConcurrentTransactionException,
+        ConcurrentWriteException,
+        DeltaConcurrentModificationException,
+        MetadataChangedException,
+        ProtocolChangedException,
+    )
+
+    conflicts = (
+        ConcurrentAppendException,
+        ConcurrentDeleteDeleteException,
+        ConcurrentDeleteReadException,
+        ConcurrentTransactionException,
+        ConcurrentWriteException,
+        DeltaConcurrentModificationException,
+        MetadataChangedException,
+        ProtocolChangedException,
+    )
     predicate = " AND ".join(f"`{col}` = {sql_literal(v)}" for col, v in partition.items())
-    if table_exists(df.sparkSession, ref):
-        write_table(
-            df, ref, mode="overwrite", options={**(options or {}), "replaceWhere": predicate}
-        )
-    else:
-        write_table(df, ref, mode="overwrite", partition_by=list(partition), options=options)
+    settings = {**(options or {}), "replaceWhere": predicate}
+    data = behind_write_barrier(df)
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        # Partitioning is only given to create the table: Delta refuses a partitioning
+        # that differs from an existing table's, and reads it from the table otherwise.
+        columns = [] if table_exists(df.sparkSession, ref) else list(partition)
+        try:
+            write_table(data, ref, mode="overwrite", partition_by=columns, options=settings)
+            return
+        except conflicts as error:
+            reason = f"{type(error).__name__}: {_first_line(error)}"
+            if attempt == WRITE_ATTEMPTS:
+                raise ConcurrentWriteError(
+                    f"Table '{ref}': replacing partition {predicate} conflicted with "
+                    f"concurrent writes to the table {WRITE_ATTEMPTS} times (last: "
+                    f"{reason}). Nothing of this write was committed and the table's other "
+                    "partitions are as the other writers left them. Rerun the job: the "
+                    "write replaces its partition, so a rerun leaves exactly one copy."
+                ) from error
+            log.warning(
+                "Table '%s': replacing partition %s conflicted with a concurrent write "
+                "(attempt %d of %d, %s); retrying from the table's new snapshot",
+                ref,
+                predicate,
+                attempt,
+                WRITE_ATTEMPTS,
+                reason,
+            )
+            time.sleep(RETRY_BACKOFF_S * attempt)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def delta_version(spark: SparkSession, ref: str) -> int:

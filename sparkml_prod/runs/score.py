@@ -20,7 +20,12 @@ score`` do, in this order:
    into the scores table, partitioned by ``as_of`` (a date), replacing that partition in
    one Delta commit: a rerun of the same date leaves no duplicates, other dates are
    untouched, a killed run leaves the previous content. An empty result is refused
-   (previous output kept) unless ``allow_empty``.
+   (previous output kept) unless ``allow_empty``;
+6. with ``jdbc_sink``, upsert the partition just written (this run's rows) into a
+   PostgreSQL table in one transaction (:mod:`sparkml_prod.sinks.jdbc`): one row per user
+   and date, readers see the previous rows until the commit. The section is checked (URL,
+   table name, password variable) before anything runs, and the connection and the
+   target table before any long job.
 
 Champion/challenger: a user's variant comes from ``xxhash64(salt, user_id)`` modulo
 10,000 buckets; buckets below ``share * 10000`` go to the challenger. The assignment is
@@ -52,6 +57,7 @@ from sparkml_prod.core.time import naive_utc, require_utc_session, timestamp_lit
 from sparkml_prod.data.spine import active_entity_spine
 from sparkml_prod.monitoring.impact import assign_holdout
 from sparkml_prod.registry import ModelRegistry, ModelVersion
+from sparkml_prod.sinks.jdbc import ScoresSink, check_sink, prepare_target, upsert_scores
 
 __all__ = [
     "ScoringRun",
@@ -103,6 +109,7 @@ class ScoringRun:
     by_variant: dict[str, int]
     seconds: float
     output_table: str
+    sink_rows: int | None = None  # rows upserted into the JDBC sink, when configured
 
 
 def variant_bucket(entity: Column, salt: str) -> Column:
@@ -258,6 +265,7 @@ def run_scoring(spark: SparkSession, config: ScoreConfig, as_of: dt.date) -> Sco
     """Score every user of the spine at ``as_of`` and write the partition (module docs)."""
     started = time.perf_counter()
     require_utc_session(spark, "run_scoring")
+    sink = check_sink(config.jdbc_sink) if config.jdbc_sink else None
     instant = naive_utc(as_of)  # midnight UTC
     registry = ModelRegistry(spark, config.registry_root, config.allowed_stage_classes)
     sources = _trained_refs(config.sources)
@@ -279,6 +287,8 @@ def run_scoring(spark: SparkSession, config: ScoreConfig, as_of: dt.date) -> Sco
             check_inputs(spark, model, spine, sources)
 
     entity = champion.version.card.spine.entity_col
+    if sink is not None:
+        prepare_target(spark, sink, schema_of(spine)[entity])
     holdout = (
         assign_holdout(F.col(entity), config.holdout.salt, config.holdout.share)
         if config.holdout
@@ -289,7 +299,7 @@ def run_scoring(spark: SparkSession, config: ScoreConfig, as_of: dt.date) -> Sco
     # events of the lookback.
     spine = spine.withColumn(HOLDOUT_COL, holdout).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        return _score_spine(config, as_of, started, champion, challenger, spine)
+        return _score_spine(config, as_of, started, champion, challenger, spine, sink)
     finally:
         spine.unpersist()
 
@@ -301,6 +311,7 @@ def _score_spine(
     champion: LoadedModel,
     challenger: LoadedModel | None,
     spine: DataFrame,
+    sink: ScoresSink | None,
 ) -> ScoringRun:
     entity = champion.version.card.spine.entity_col
     run_id = uuid.uuid4().hex
@@ -335,6 +346,20 @@ def _score_spine(
             allowMissingColumns=True,  # the two models may have other features
         )
     counts = _write(scored, config.output_table, as_of, config.allow_empty, config.features_table)
+    sink_rows = None
+    if sink is not None:
+        # The partition just written, read back from Delta: exactly the committed rows.
+        this_run = read_table(spine.sparkSession, config.output_table).where(
+            (F.col("as_of") == F.lit(as_of)) & (F.col("run_id") == F.lit(run_id))
+        )
+        sink_rows = upsert_scores(
+            spine.sparkSession,
+            sink,
+            this_run.select(*OUTPUT_COLUMNS),
+            as_of,
+            sum(counts.values()),
+            run_id=run_id,
+        )
     seconds = time.perf_counter() - started
     return ScoringRun(
         run_id=run_id,
@@ -343,4 +368,5 @@ def _score_spine(
         by_variant=counts,
         seconds=seconds,
         output_table=config.output_table,
+        sink_rows=sink_rows,
     )
