@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 from hdfs import MiniDfs, mini_dfs_cluster
 from pyspark.sql import SparkSession
+from s3 import s3_bucket  # noqa: F401  (one S3 server per test session, started on demand)
 from session_packages import TEST_PACKAGES
 
 from sparkml_prod.core.session import get_spark
