@@ -83,6 +83,18 @@ def report(tmp_path: Path) -> str:
     return str(directory)
 
 
+def test_the_session_has_s3a_with_sdk_modules_not_the_sdk_bundle(spark: SparkSession) -> None:
+    jars = {Path(j).name for j in spark.sparkContext.getConf().get("spark.jars", "").split(",")}
+    wanted = {
+        "org.apache.hadoop_hadoop-aws-3.5.0.jar",
+        "software.amazon.awssdk_s3-2.35.4.jar",
+        "software.amazon.awssdk_s3-transfer-manager-2.35.4.jar",
+        "software.amazon.awssdk_sts-2.35.4.jar",
+    }
+    assert wanted <= jars
+    assert [j for j in jars if j.startswith("software.amazon.awssdk_bundle")] == []
+
+
 # -- Delta ---------------------------------------------------------------------------------
 
 
