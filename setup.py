@@ -43,6 +43,9 @@ setup(
             "duckdb",
             "types-PyYAML",
             "xxhash",  # an independent reference of Spark's xxhash64 in tests
+            # An S3-compatible server on 127.0.0.1 for the s3a:// tests (tests/s3.py); its
+            # botocore needs python-dateutil<3, hence that pin in constraints.txt.
+            "moto[server]",
         ],
     },
     entry_points={"console_scripts": ["sparkml-prod=sparkml_prod.cli:main"]},
