@@ -4,7 +4,7 @@ the alias that follows promotion, and scoring ``models:/name@alias``.
 MLflow runs embedded: a sqlite backend and an artifact directory under the test's temp
 dir, no server. One tiny model is trained once for the module (promoted to
 ``production``: no holder yet); a second version is the same pipeline logged and
-registered again as training does, which the gate of ``models promote`` refuses.
+registered again as training does, to promote (and refuse) with ``models promote``.
 """
 
 from __future__ import annotations
@@ -38,12 +38,13 @@ from sparkml_prod.data.synthetic import SyntheticSpec, generate_events
 from sparkml_prod.registry import ModelRegistry
 from sparkml_prod.registry.card import CARD_FILE
 from sparkml_prod.registry.mlflow_registry import MlflowTrainingRun, load_mlflow_model
+from sparkml_prod.runs import promotion
 from sparkml_prod.runs.score import run_scoring
 from sparkml_prod.runs.train import run_training
 
 pytestmark = pytest.mark.slow  # trains a model for the module
 
-SPEC = SyntheticSpec(n_users=400, start=dt.date(2023, 1, 1), end=dt.date(2023, 8, 1), seed=5)
+SPEC = SyntheticSpec(n_users=300, start=dt.date(2023, 1, 1), end=dt.date(2023, 8, 1), seed=5)
 SCORE_AS_OF = dt.date(2023, 7, 20)
 FEATURES = """
 stages:
@@ -200,19 +201,30 @@ def test_the_pipeline_is_registered_under_the_same_name_with_the_logged_copys_ha
 
 
 def test_the_alias_moves_on_promotion_and_not_on_a_refused_one(
-    spark: SparkSession, trained: Trained, capsys: pytest.CaptureFixture[str]
+    spark: SparkSession,
+    trained: Trained,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Training promoted version 1: both registries' production point at it.
     assert dict(client(trained).get_registered_model("m").aliases) == {"production": 1}
     assert registry(spark, trained).aliases("m") == {"production": 1}
     versions = client(trained).search_model_versions("name='m'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
-    # The gate refuses version 2 (the same model must win by a whole unit of AUC).
+
+    # The gate refuses version 2. Which verdict is not under test here (the gate has its
+    # own tests), only that neither alias moves: a gate that always refuses.
+    def refusing(*args: Any, **kwargs: Any) -> Any:
+        return lambda candidate, current: (False, "the test's gate refuses")
+
+    monkeypatch.setattr(promotion, "comparison_gate", refusing)
     promote = ["models", "promote", "m", "--version", "2", "--registry"]
     gated = [*promote, trained.config.registry_root, "--config", str(trained.config_file)]
-    assert main([*gated, "--margin", "1.0"]) == 5
-    assert "Promotion of model 'm' version 2 to alias 'production' refused" in (
-        capsys.readouterr().err
+    assert main(gated) == 5
+    assert capsys.readouterr().err == (
+        "sparkml-prod models: error: Promotion of model 'm' version 2 to alias 'production' "
+        "refused: the test's gate refuses. The alias still points at version 1. Improve the "
+        "candidate, or call set_alias to override the gate deliberately.\n"
     )
     assert dict(client(trained).get_registered_model("m").aliases) == {"production": 1}
     assert registry(spark, trained).aliases("m") == {"production": 1}
