@@ -266,8 +266,12 @@ def test_scoring_an_mlflow_alias_gives_the_directory_versions_scores(
         trained, "m@production", "scores_dir", registry_root=trained.config.registry_root
     )
     run_scoring(spark, directory, SCORE_AS_OF)
-    from_mlflow = score_config(trained, "models:/m@production", "scores_mlflow")
+    # Through a copy on the cluster's file system (dfs_tmpdir), removed once loaded.
+    staging = trained.root / "score-dfs-tmp"
+    settings = {"tracking_uri": trained.tracking_uri, "dfs_tmpdir": str(staging)}
+    from_mlflow = score_config(trained, "models:/m@production", "scores_mlflow", mlflow=settings)
     run = run_scoring(spark, from_mlflow, SCORE_AS_OF)
+    assert [p.name for p in staging.iterdir()] == []
     assert run.rows > 0 and run.by_variant == {"champion": run.rows}
     assert_df_equality(
         scores(spark, from_mlflow.output_table),
@@ -275,8 +279,9 @@ def test_scoring_an_mlflow_alias_gives_the_directory_versions_scores(
         ignore_row_order=True,
     )
     # A version number resolves to the same version and card.
-    settings = MlflowScoreConfig(tracking_uri=trained.tracking_uri)
-    by_number, _ = load_mlflow_model(spark, "models:/m/1", settings)
+    by_number, _ = load_mlflow_model(
+        spark, "models:/m/1", MlflowScoreConfig(tracking_uri=trained.tracking_uri)
+    )
     assert by_number == dataclasses.replace(
         registry(spark, trained).get("m/1"), path="models:/m/1", has_report=False
     )
