@@ -33,8 +33,12 @@ setup(
     extras_require={
         "cpu": ["xgboost-cpu>=3.2,<4"],
         "gpu": ["xgboost>=3.2,<4"],
+        # Optional MLflow tracking and registry (sparkml_prod.registry.mlflow_registry);
+        # the library imports and runs without it. mlflow 3.17 caps pyarrow below 26.
+        "mlflow": ["mlflow>=3.17,<3.18"],
         "dev": [
             "xgboost-cpu>=3.2,<4",
+            "mlflow>=3.17,<3.18",
             "pytest",
             "chispa",
             "ruff",
