@@ -54,8 +54,9 @@ $(INSTALLED): setup.py constraints.txt | $(PY)
 
 # Resolve Delta's jars into the Ivy cache once, so no test or job downloads them. Ivy reads
 # ~/.m2 first and fails on a POM there without its jar: Maven then fetches Delta, and each
-# jar Ivy reported missing, and Ivy tries again.
-$(JARS): $(INSTALLED)
+# jar Ivy reported missing, and Ivy tries again. Then the test session's packages
+# (tests/session_packages.py: S3A for the s3a:// tests), so no test run resolves them.
+$(JARS): $(INSTALLED) tests/session_packages.py
 	$(PY) -m sparkml_prod.core.session > $(VENV)/delta-jars.log 2>&1 \
 	  || { mvn -q dependency:get -Dartifact=$(DELTA_ARTIFACT); \
 	       grep -oE 'download failed: [A-Za-z0-9_.#;!-]+' $(VENV)/delta-jars.log \
@@ -63,6 +64,10 @@ $(JARS): $(INSTALLED)
 	         | while read -r artifact; do \
 	             mvn -q dependency:get -Dtransitive=false -Dartifact=$$artifact; done; \
 	       $(PY) -m sparkml_prod.core.session > $(VENV)/delta-jars.log 2>&1; } \
+	  || { tail -40 $(VENV)/delta-jars.log; exit 1; }
+	packages="$$(cd tests && $(abspath $(PY)) -c \
+	  'from session_packages import TEST_PACKAGES; print(" ".join(TEST_PACKAGES))')" \
+	  && $(PY) -m sparkml_prod.core.jars $$packages > /dev/null 2>> $(VENV)/delta-jars.log \
 	  || { tail -40 $(VENV)/delta-jars.log; exit 1; }
 	touch $@
 

@@ -33,8 +33,12 @@ setup(
     extras_require={
         "cpu": ["xgboost-cpu>=3.2,<4"],
         "gpu": ["xgboost>=3.2,<4"],
+        # Optional MLflow tracking and registry (sparkml_prod.registry.mlflow_registry);
+        # the library imports and runs without it. mlflow 3.17 caps pyarrow below 26.
+        "mlflow": ["mlflow>=3.17,<3.18"],
         "dev": [
             "xgboost-cpu>=3.2,<4",
+            "mlflow>=3.17,<3.18",
             "pytest",
             "chispa",
             "ruff",
@@ -43,6 +47,9 @@ setup(
             "duckdb",
             "types-PyYAML",
             "xxhash",  # an independent reference of Spark's xxhash64 in tests
+            # An S3-compatible server on 127.0.0.1 for the s3a:// tests (tests/s3.py); its
+            # botocore needs python-dateutil<3, hence that pin in constraints.txt.
+            "moto[server]",
         ],
     },
     entry_points={"console_scripts": ["sparkml-prod=sparkml_prod.cli:main"]},

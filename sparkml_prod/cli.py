@@ -299,6 +299,11 @@ def _models(args: argparse.Namespace) -> int:
         gate = comparison_gate(registry, labelled, None, config.search.metric, args.margin)
     promoted = registry.promote(args.name, args.version, args.alias, gate=gate)
     print(f"{args.alias} -> {promoted.name}/{promoted.version}")
+    from sparkml_prod.registry.mlflow_registry import follow_promotion
+
+    if follow_promotion(promoted, args.alias):
+        assert promoted.card.mlflow is not None
+        print(f"MLflow: {args.alias} -> {promoted.name}/{promoted.card.mlflow.model_version}")
     return 0
 
 

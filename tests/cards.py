@@ -82,6 +82,7 @@ def make_card(
         "pipeline_sha256": {},
         "deployed": DeployedModel(fit="selected", snapshots=["2024-01-01"], rows=0, num_trees=None),
         "run_date": None,
+        "mlflow": None,
     }
     values.update(fields)
     return ModelCard(**values)

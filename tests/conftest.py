@@ -10,6 +10,7 @@ import pytest
 from hdfs import MiniDfs, mini_dfs_cluster
 from postgres import postgres  # noqa: F401  (the session fixture, see tests/postgres.py)
 from pyspark.sql import SparkSession
+from s3 import s3_bucket  # noqa: F401  (one S3 server per test session, started on demand)
 from session_packages import TEST_PACKAGES
 
 from sparkml_prod.core.session import get_spark

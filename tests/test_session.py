@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 import pytest
 from chispa import assert_df_equality
 from pyspark.sql import SparkSession
+from session_packages import TEST_PACKAGES
 
 from sparkml_prod.core.jars import (
     cache_file,
@@ -129,10 +130,12 @@ def test_remembered_jars_serve_until_one_is_gone(
 def test_the_test_session_loads_delta_from_the_remembered_classpath(
     spark: SparkSession,
 ) -> None:
-    # `make setup` resolved Delta once; every later start (this suite's session) takes the
-    # remembered jars instead of resolving spark.jars.packages again.
-    remembered = cached_jars(delta_packages())
-    assert remembered is not None and len(remembered) == 33
+    # `make setup` resolved Delta (and the test session's packages) once; every later
+    # start (this suite's session) takes the remembered jars instead of resolving
+    # spark.jars.packages again.
+    assert len(cached_jars(delta_packages()) or []) == 33
+    remembered = cached_jars(delta_packages(TEST_PACKAGES))
+    assert remembered is not None
     assert spark.conf.get("spark.jars.packages", None) is None
     loaded = [urlparse(uri).path for uri in spark.conf.get("spark.jars").split(",")]
     assert loaded == remembered

@@ -37,11 +37,13 @@ __all__ = [
     "SearchConfig",
     "EvaluationConfig",
     "BacktestConfig",
+    "MlflowTrainConfig",
     "TrainConfig",
     "ChallengerConfig",
     "HoldoutConfig",
     "ScoringSpineConfig",
     "JdbcSinkConfig",
+    "MlflowScoreConfig",
     "ScoreConfig",
     "DriftThresholdsConfig",
     "MonitorConfig",
@@ -374,6 +376,25 @@ class BacktestConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MlflowTrainConfig:
+    """Also log the run to MLflow and register the model there (needs the ``mlflow``
+    extra): params, test metrics, the report and the model card go to a run of
+    ``experiment`` (created if missing) on ``tracking_uri`` (default: the
+    ``MLFLOW_TRACKING_URI`` environment variable), named ``run_name``; the pipeline is
+    registered under the model's name in the registry at ``registry_uri`` (default: the
+    tracking server's). ``artifact_location``: where a new experiment keeps its artifacts
+    (default: the server's choice). ``dfs_tmpdir``: where ``mlflow.spark`` stages the
+    saved pipeline on the cluster's file system (default: MLflow's, ``/tmp/mlflow``)."""
+
+    experiment: str
+    tracking_uri: str | None = None
+    registry_uri: str | None = None
+    run_name: str | None = None
+    artifact_location: str | None = None
+    dfs_tmpdir: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """``sparkml-prod train``: matrix, model, search, evaluation and registration.
 
@@ -406,6 +427,7 @@ class TrainConfig:
     allowed_stage_classes: list[str] = dataclasses.field(default_factory=list)
     refit: bool = False
     retrain: RetrainConfig | None = None
+    mlflow: MlflowTrainConfig | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -461,9 +483,26 @@ class JdbcSinkConfig:
     write_partitions: int = 2
 
 
+class MlflowScoreConfig:
+    """Where ``models:/name@alias`` and ``models:/name/3`` refs are resolved (needs the
+    ``mlflow`` extra): the tracking server at ``tracking_uri`` (default: the
+    ``MLFLOW_TRACKING_URI`` environment variable) and its registry, or ``registry_uri``.
+    ``dfs_tmpdir``: a directory on the cluster's file system to copy the downloaded
+    pipeline into before loading it, for executors that do not share the driver's disk
+    (default: load from the driver's local temp directory)."""
+
+    tracking_uri: str | None = None
+    registry_uri: str | None = None
+    dfs_tmpdir: str | None = None
+
+
 @dataclasses.dataclass(frozen=True)
 class ScoreConfig:
     """``sparkml-prod score`` / ``jobs/score.py``: which model scores whom, and where to.
+
+    ``model`` (and ``challenger.model``) is a ref of the directory registry at
+    ``registry_root`` (``name@alias``, ``name/3``), or an MLflow registry's
+    (``models:/name@alias``, ``models:/name/3``; see ``mlflow``).
 
     ``sources`` maps a table the model was trained on to the table to read instead
     (e.g. a production copy); ``allow_empty`` lets an empty result replace the partition;
@@ -474,8 +513,8 @@ class ScoreConfig:
     """
 
     model: str
-    registry_root: str
     output_table: str
+    registry_root: str | None = None
     sources: dict[str, str] = dataclasses.field(default_factory=dict)
     spine: ScoringSpineConfig = dataclasses.field(default_factory=ScoringSpineConfig)
     challenger: ChallengerConfig | None = None
@@ -484,6 +523,7 @@ class ScoreConfig:
     holdout: HoldoutConfig | None = None
     features_table: str | None = None
     jdbc_sink: JdbcSinkConfig | None = None
+    mlflow: MlflowScoreConfig | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,12 @@ cleaned Ivy cache) makes the list stale: the next start resolves again.
 ``python -m sparkml_prod.core.jars [PACKAGE ...]`` prints the list comma-separated
 (resolving first if needed), for ``spark-submit --jars``: Delta's jars, then those of the
 Maven coordinates given (e.g. ``org.postgresql:postgresql:42.7.4`` for a JDBC sink, or
-``org.apache.hadoop:hadoop-aws:3.5.0`` for ``s3a://``), or of ``$SPARKML_PROD_PACKAGES``.
+``s3a``, short for :func:`s3a_packages`, for ``s3a://``), or of ``$SPARKML_PROD_PACKAGES``.
+
+An entry ``!group:artifact`` in a package list excludes that module from the resolution
+(Spark's ``spark.jars.excludes``). :func:`s3a_packages` uses it to replace the AWS SDK
+``bundle`` that ``hadoop-aws`` depends on (686 MB) by the three SDK modules S3A needs
+(about 10 MB with their dependencies).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ __all__ = [
     "cache_file",
     "env_packages",
     "hadoop_version",
+    "s3a_packages",
+    "split_excludes",
     "PACKAGES_ENV",
 ]
 
@@ -50,6 +57,50 @@ def hadoop_version() -> str:
     for jar in sorted(jars.glob("hadoop-client-api-*.jar")):
         return jar.name[len("hadoop-client-api-") : -len(".jar")]
     raise RuntimeError(f"No hadoop-client-api jar under {jars}: is pyspark installed whole?")
+
+
+# The AWS SDK version each hadoop-aws release was built and tested with (its POM).
+_AWS_SDK_OF_HADOOP = {"3.5.0": "2.35.4"}
+# The SDK modules S3A calls: the S3 client, the transfer manager (uploads, copies) and
+# STS (assumed-role and session credentials).
+_S3A_SDK_MODULES = ("s3", "s3-transfer-manager", "sts")
+
+
+def s3a_packages(hadoop: str | None = None) -> list[str]:
+    """The Maven entries for ``s3a://`` on Hadoop line ``hadoop`` (default: pyspark's).
+
+    ``hadoop-aws`` of that line and the SDK modules S3A uses, at the SDK version
+    ``hadoop-aws`` was released with, with the 686 MB SDK ``bundle`` excluded.
+
+    Examples
+    --------
+    >>> s3a_packages("3.5.0")  # doctest: +NORMALIZE_WHITESPACE
+    ['org.apache.hadoop:hadoop-aws:3.5.0', 'software.amazon.awssdk:s3:2.35.4',
+     'software.amazon.awssdk:s3-transfer-manager:2.35.4', 'software.amazon.awssdk:sts:2.35.4',
+     '!software.amazon.awssdk:bundle']
+    """
+    line = hadoop or hadoop_version()
+    sdk = _AWS_SDK_OF_HADOOP.get(line)
+    if sdk is None:
+        known = ", ".join(sorted(_AWS_SDK_OF_HADOOP))
+        raise ValueError(
+            f"No known AWS SDK version for hadoop-aws {line} (known: {known}). Use "
+            f"org.apache.hadoop:hadoop-aws:{line} alone (it brings the SDK bundle)."
+        )
+    modules = [f"software.amazon.awssdk:{m}:{sdk}" for m in _S3A_SDK_MODULES]
+    return [f"org.apache.hadoop:hadoop-aws:{line}", *modules, "!software.amazon.awssdk:bundle"]
+
+
+def split_excludes(packages: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(coordinates to resolve, ``group:artifact`` modules to exclude) of a package list.
+
+    Examples
+    --------
+    >>> split_excludes(["a:b:1", "!c:d"])
+    (['a:b:1'], ['c:d'])
+    """
+    wanted = [p for p in packages if not p.startswith("!")]
+    return wanted, [p[1:] for p in packages if p.startswith("!")]
 
 
 def delta_packages(extra_packages: Sequence[str] | None = None) -> list[str]:
@@ -99,7 +150,9 @@ def remember_jars(packages: Sequence[str], spark_jars: str) -> None:
 if __name__ == "__main__":
     import sys
 
-    extra = sys.argv[1:] or env_packages()
+    # "s3a" stands for s3a_packages(): hadoop-aws of pyspark's Hadoop line, lean SDK.
+    extra = [e for a in sys.argv[1:] for e in (s3a_packages() if a == "s3a" else [a])]
+    extra = extra or env_packages()
     wanted = delta_packages(extra)
     jars = cached_jars(wanted)
     if jars is None:

@@ -78,7 +78,9 @@ def get_spark(
         Whether to start the Spark UI (tests turn it off).
     extra_packages : list of str, optional
         More Maven coordinates to resolve next to Delta's jars (local mode), after those
-        of ``$SPARKML_PROD_PACKAGES`` (comma-separated), e.g. the JDBC driver of a sink.
+        of ``$SPARKML_PROD_PACKAGES`` (comma-separated), e.g. the JDBC driver of a sink;
+        an entry ``!group:artifact`` excludes that module (see
+        :func:`sparkml_prod.core.jars.s3a_packages`).
 
     Examples
     --------
@@ -120,7 +122,13 @@ def get_spark(
         builder = builder.config(key, value)
     # Delta's jars: from the remembered local classpath, or resolved once through Ivy
     # (always when the caller asks for packages of their own).
-    from sparkml_prod.core.jars import cached_jars, delta_packages, env_packages, remember_jars
+    from sparkml_prod.core.jars import (
+        cached_jars,
+        delta_packages,
+        env_packages,
+        remember_jars,
+        split_excludes,
+    )
 
     wanted_extra = list(dict.fromkeys([*env_packages(), *(extra_packages or [])]))
     packages = delta_packages(wanted_extra)
@@ -130,7 +138,11 @@ def get_spark(
     if jars is not None:
         builder = builder.config("spark.jars", ",".join([*jars, *given_jars]))
     else:
-        builder = builder.config("spark.jars.packages", ",".join([*packages, *given_packages]))
+        coordinates, excludes = split_excludes(packages)
+        builder = builder.config("spark.jars.packages", ",".join([*coordinates, *given_packages]))
+        given_excludes = [e for e in settings.get("spark.jars.excludes", "").split(",") if e]
+        if excludes or given_excludes:
+            builder = builder.config("spark.jars.excludes", ",".join([*excludes, *given_excludes]))
     spark = builder.getOrCreate()
     if jars is None and not given_packages:
         resolved = spark.sparkContext.getConf().get("spark.jars", "").split(",")

@@ -12,7 +12,9 @@ UTC: dates are ``YYYY-MM-DD`` (midnight UTC), times ISO 8601 with ``+00:00``.
 
 Schema history: version 2 added ``deployed`` (which fit of the chosen params is the
 registered pipeline) and ``run_date`` (the date a ``retrain`` counted its split back
-from). A version-1 card is read as what it was: the selected fit, no run date.
+from); version 3 added ``mlflow`` (where the version was also logged and registered in
+MLflow, or null). An older card is read as what it was: a version-1 card as the selected
+fit with no run date, a version-1 or 2 card as not logged to MLflow.
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ __all__ = [
     "InputSchemas",
     "LabelRule",
     "MatrixRecord",
+    "MlflowRecord",
     "ModelCard",
     "SpineRule",
 ]
 
 CARD_FILE = "card.json"
-CARD_SCHEMA_VERSION = 2
+CARD_SCHEMA_VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +113,28 @@ class DeployedModel:
 
 
 @dataclasses.dataclass(frozen=True)
+class MlflowRecord:
+    """Where training also logged this version to MLflow
+    (:mod:`sparkml_prod.registry.mlflow_registry`).
+
+    ``run_id`` is the MLflow run holding the params, metrics, report and this card
+    (``card.json``); ``model_version`` the version of the registered model of the card's
+    ``name``, whose artifact is the same pipeline saved again by ``mlflow.spark`` (its
+    ``sparkml/`` directory). That copy's files are not the bytes of the directory
+    registry's copy (Spark writes a timestamp and fresh file names on every save), so
+    ``pipeline_sha256`` holds the SHA-256 of every file of the logged ``sparkml/``, checked
+    before a ``models:/`` reference loads it.
+    """
+
+    tracking_uri: str
+    registry_uri: str | None
+    experiment_id: str
+    run_id: str
+    model_version: int
+    pipeline_sha256: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelCard:
     """Everything known about one registered model version (see the module docs).
 
@@ -149,6 +174,7 @@ class ModelCard:
     pipeline_sha256: dict[str, str]
     deployed: DeployedModel
     run_date: str | None
+    mlflow: MlflowRecord | None
 
     @property
     def label_ref(self) -> str:
@@ -174,6 +200,9 @@ class ModelCard:
         found = data.get("schema_version") if isinstance(data, dict) else None
         if found == 1:
             data = _upgrade_from_1(data, where)
+            found = 2
+        if found == 2:
+            data = _upgrade_from_2(data, where)
             found = CARD_SCHEMA_VERSION
         if found != CARD_SCHEMA_VERSION:
             raise ModelCardError(
@@ -207,7 +236,7 @@ def _upgrade_from_1(data: dict[str, Any], where: str) -> dict[str, Any]:
     rows = (counts.get("train") or {}).get("rows") if isinstance(counts, dict) else None
     return {
         **data,
-        "schema_version": CARD_SCHEMA_VERSION,
+        "schema_version": 2,
         "deployed": {
             "fit": "selected",
             "snapshots": train if isinstance(train, list) else [],
@@ -216,3 +245,13 @@ def _upgrade_from_1(data: dict[str, Any], where: str) -> dict[str, Any]:
         },
         "run_date": None,
     }
+
+
+def _upgrade_from_2(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """A version-2 card as version 3: not logged to MLflow."""
+    if "mlflow" in data:
+        raise ModelCardError(
+            f"The model card {where} has schema_version 2 but the version-3 key 'mlflow'. "
+            "The card is not one this library wrote: retrain the model, or restore the file."
+        )
+    return {**data, "schema_version": CARD_SCHEMA_VERSION, "mlflow": None}

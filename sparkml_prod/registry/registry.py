@@ -5,6 +5,7 @@ Layout under the registry root::
     <root>/<name>/<version>/model/           the PipelineModel (model.write().save)
     <root>/<name>/<version>/card.json        the model card (sparkml_prod.registry.card)
     <root>/<name>/<version>/report/          optional copy of a report directory
+    <root>/<name>/<version>/.claim           object stores only: the claim of the number
     <root>/<name>/aliases/<alias>            {"version": 3, "updated_at": "...",
                                               "previous_version": 2}
 
@@ -16,13 +17,31 @@ Everything except the PipelineModel itself goes through Hadoop's ``FileSystem`` 
 the session's JVM, so the registry works wherever the cluster's Hadoop configuration
 reaches. How each write stays safe for concurrent readers:
 
-- **register** writes the whole version into a hidden sibling ``<name>/.tmp-<uuid>`` and
-  renames it to ``<name>/<version>`` (Hadoop ``FileContext`` rename, which refuses an
-  existing target). A crash leaves only the ``.tmp-*`` directory, which readers ignore;
-  a concurrent register that took the number first makes this one retry with the next.
-  On local disk and HDFS the rename is atomic. Object stores (S3A, GCS, ABFS) rename by
-  copying, so a version becomes visible file by file; readers list a version only once
-  its ``card.json`` is there (written last).
+- **register** on local disk and HDFS writes the whole version into a hidden sibling
+  ``<name>/.tmp-<uuid>`` and renames it to ``<name>/<version>`` (Hadoop ``FileContext``
+  rename, which refuses an existing target, atomically there). A crash leaves only the
+  ``.tmp-*`` directory, which readers ignore; a concurrent register that took the number
+  first makes this one retry with the next.
+- **register** on an object store (S3A, GCS, ABFS, ...), where a rename is a copy that
+  becomes visible file by file and an existence check before it races, never renames:
+
+  1. it *claims* the next number by creating ``<name>/<version>/.claim`` only if absent
+     (on S3A one PUT with ``If-None-Match: *``, which the store refuses with 412 when the
+     object exists); a refused claim makes it try the next number. Of two concurrent
+     registrations exactly one gets a number, so they never write into one directory;
+  2. it writes the pipeline (and report) into the claimed directory directly;
+  3. it writes ``card.json``, holding the SHA-256 of every pipeline file, last, in one PUT:
+     the commit point. Readers list only versions with a card, and a card appears whole
+     or not at all, so a reader never sees a version before all its files are there, and
+     verified loading checks each file against the card anyway.
+
+  A crash before the card leaves a claimed directory without one: invisible to readers
+  (the latest stays the previous complete version, which loads), and its number is never
+  reused. A failed (not crashed) register deletes its files but keeps the claim, so no
+  later registration can share a directory with a delete still under way. This needs a
+  store that honours ``If-None-Match: *`` on PUT (AWS S3 does, as does moto; S3A's
+  ``fs.s3a.create.conditional.enabled``, on by default); elsewhere the claim falls back to
+  ``create(overwrite=false)``, as atomic as the connector makes it.
 - **set_alias** writes a temp file next to the alias and moves it over the old one, so
   readers see the old record or the new one, never a missing or partial file. On local
   disk that is a POSIX ``rename(2)`` through Hadoop's raw local file system (not
@@ -39,6 +58,7 @@ reaches. How each write stays safe for concurrent readers:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -63,6 +83,8 @@ __all__ = ["ModelVersion", "ModelRegistry", "format_versions"]
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _VERSION = re.compile(r"[1-9][0-9]*\Z")
 _MAX_REGISTER_ATTEMPTS = 100
+# Created first, only if absent, to claim a version number on an object store.
+CLAIM_FILE = ".claim"
 
 
 # Metrics format_versions shows when a version's card has them.
@@ -140,6 +162,9 @@ class ModelRegistry:
     allowed_classes : sequence of str
         Stage classes (or package prefixes ending in ``.``) that may load besides
         ``pyspark.ml.``, ``xgboost.spark.`` and ``sparkml_prod.``.
+    storage : Storage, optional
+        The file operations on ``root`` (default: ``Storage(spark, root)``); a subclass
+        can observe or fail each write, as the registry's fault-injection tests do.
 
     Examples
     --------
@@ -149,11 +174,18 @@ class ModelRegistry:
     >>> scorer = registry.load("churn@production")  # doctest: +SKIP
     """
 
-    def __init__(self, spark: SparkSession, root: str, allowed_classes: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        spark: SparkSession,
+        root: str,
+        allowed_classes: Sequence[str] = (),
+        *,
+        storage: Storage | None = None,
+    ) -> None:
         self.spark = spark
         self.root = normalize_root(root)
         self.allowed_classes = tuple(allowed_classes)
-        self._storage = Storage(spark, self.root)
+        self._storage = storage if storage is not None else Storage(spark, self.root)
 
     def __repr__(self) -> str:
         return f"ModelRegistry(root={self.root!r})"
@@ -231,8 +263,14 @@ class ModelRegistry:
         """
         children = self._storage.list_dir(self.root)
         return sorted(
-            n for n, is_dir in children if is_dir and _NAME.match(n) and self._version_numbers(n)
+            n for n, is_dir in children if is_dir and _NAME.match(n) and self._has_versions(n)
         )
+
+    def _has_versions(self, name: str) -> bool:
+        """Whether ``name`` has a complete version (one with a card)."""
+        model_dir = self._model_dir(name)
+        numbers = reversed(self._version_numbers(name))
+        return any(self._storage.exists(f"{model_dir}/{n}/{CARD_FILE}") for n in numbers)
 
     def versions(self, name: str) -> list[ModelVersion]:
         """Every complete version of ``name``, ascending (``.tmp-*`` leftovers ignored).
@@ -332,7 +370,7 @@ class ModelRegistry:
         return self._aliases(name, name)
 
     def _aliases(self, name: str, ref: str) -> dict[str, int]:
-        if not self._version_numbers(_check_name(name, "model name")):
+        if not self._has_versions(_check_name(name, "model name")):
             raise self._unknown_name(name, ref)
         children = self._storage.list_dir(f"{self._model_dir(name)}/aliases")
         held = {}
@@ -354,10 +392,13 @@ class ModelRegistry:
     ) -> ModelVersion:
         """Save ``model`` with its ``card`` as the next version of ``name``.
 
-        The version is written completely into ``<root>/<name>/.tmp-<uuid>`` and then
-        renamed to ``<root>/<name>/<version>``, so no reader sees a partial version. The
-        card is written last, with ``name``, ``version``, ``created_at`` (UTC) and the
-        SHA-256 of every file of the saved pipeline filled in by the registry.
+        On local disk and HDFS the version is written completely into
+        ``<root>/<name>/.tmp-<uuid>`` and then renamed to ``<root>/<name>/<version>``; on
+        an object store the number is claimed with a create-if-absent object and the
+        files are written in place (see the module docstring). Either way no reader sees
+        a partial version: the card is written last, with ``name``, ``version``,
+        ``created_at`` (UTC) and the SHA-256 of every file of the saved pipeline filled
+        in by the registry.
 
         Parameters
         ----------
@@ -397,9 +438,11 @@ class ModelRegistry:
                     )
                 report_source = Path(report_dir).resolve().as_uri()
 
+        if self._storage.object_store:
+            return self._register_in_place(name, model, card, report_source)
         temp = f"{self._model_dir(name)}/{TMP_PREFIX}{uuid.uuid4().hex}"
         try:
-            model.write().save(f"{temp}/model")
+            self._storage.save_pipeline(model, f"{temp}/model")
             hashes = pipeline_file_hashes(self.spark, f"{temp}/model")
             if report_source is not None:
                 self._storage.copy_in(report_source, f"{temp}/report")
@@ -418,13 +461,56 @@ class ModelRegistry:
                     return ModelVersion(name, version, path, record, report_source is not None)
                 # Another register took this number: try the next free one.
                 version = max([*self._version_numbers(name), version]) + 1
-            raise SparkmlProdError(
-                f"Could not register model '{name}' in registry '{self.root}': "
-                f"{_MAX_REGISTER_ATTEMPTS} version numbers were taken concurrently. Retry."
-            )
+            raise self._numbers_taken(name)
         except BaseException:
             self._storage.delete(temp)
             raise
+
+    def _numbers_taken(self, name: str) -> SparkmlProdError:
+        return SparkmlProdError(
+            f"Could not register model '{name}' in registry '{self.root}': "
+            f"{_MAX_REGISTER_ATTEMPTS} version numbers were taken concurrently. Retry."
+        )
+
+    def _register_in_place(
+        self, name: str, model: PipelineModel, card: ModelCard, report_source: str | None
+    ) -> ModelVersion:
+        """Register on an object store: claim a number, write in place, the card last.
+
+        The number is claimed by creating ``<version>/.claim`` only if absent (one
+        conditional PUT), so two registrations never share a directory; a taken number
+        makes this one try the next. The pipeline and report are then written into the
+        claimed directory directly (no rename, which an object store does by copying),
+        and ``card.json`` with the SHA-256 of every pipeline file is written last, in one
+        PUT: readers see a version only once its card is there, and then whole.
+        """
+        version = max(self._version_numbers(name), default=0) + 1
+        claim = json.dumps({"claimed_at": _utc_now(), "token": uuid.uuid4().hex})
+        for _ in range(_MAX_REGISTER_ATTEMPTS):
+            path = f"{self._model_dir(name)}/{version}"
+            if self._storage.create_new(f"{path}/{CLAIM_FILE}", claim):
+                break
+            version = max([*self._version_numbers(name), version]) + 1
+        else:
+            raise self._numbers_taken(name)
+        try:
+            self._storage.save_pipeline(model, f"{path}/model")
+            hashes = pipeline_file_hashes(self.spark, f"{path}/model")
+            if report_source is not None:
+                self._storage.copy_in(report_source, f"{path}/report")
+        except BaseException:
+            # Remove what was written but keep the claim: the number stays taken, so no
+            # later registration writes into a directory this one may still be deleting.
+            with contextlib.suppress(Exception):
+                self._storage.delete(f"{path}/model")
+                self._storage.delete(f"{path}/report")
+            raise
+        record = dataclasses.replace(
+            card, name=name, version=version, created_at=_utc_now(), pipeline_sha256=hashes
+        )
+        # The commit point. Nothing is deleted if it fails: the card may have landed.
+        self._storage.write_text(f"{path}/{CARD_FILE}", record.to_json())
+        return ModelVersion(name, version, path, record, report_source is not None)
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
         """Point ``alias`` of ``name`` at ``version``, atomically for readers.

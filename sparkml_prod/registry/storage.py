@@ -2,7 +2,11 @@
 
 How each write stays safe for concurrent readers is described in
 :mod:`sparkml_prod.registry.registry`; this module holds the mechanics: listing, reading,
-writing, a rename that refuses an existing target, and a replace that readers see whole.
+writing, a create that refuses an existing file (atomically on object stores), a rename
+that refuses an existing target, and a replace that readers see whole.
+
+Every write of a registration goes through one :class:`Storage` method, so a test can
+wrap them to inject a fault (or run another writer or a reader) at any step.
 """
 
 from __future__ import annotations
@@ -13,11 +17,17 @@ from typing import Any
 
 from py4j.java_gateway import is_instance_of
 from py4j.protocol import Py4JJavaError
+from pyspark.ml import PipelineModel
 from pyspark.sql import SparkSession
 
 from sparkml_prod.core.errors import SparkmlProdError
 
 __all__ = ["Storage", "TMP_PREFIX", "normalize_root"]
+
+_S3A = "org.apache.hadoop.fs.s3a.S3AFileSystem"
+# S3A's create-if-absent: the PUT carries "If-None-Match: *", which the store refuses
+# (HTTP 412) when the object exists; no existence probe before it.
+_S3A_CONDITIONAL_CREATE = "fs.option.create.conditional.overwrite"
 
 TMP_PREFIX = ".tmp-"
 
@@ -48,6 +58,9 @@ class Storage:
         # listing, hashing and metadata reads of verified loading (the bytes as stored).
         checksummed = is_instance_of(self._gateway, self.fs, "org.apache.hadoop.fs.LocalFileSystem")
         self._alias_fs: Any = self.fs.getRawFileSystem() if checksummed else self.fs
+        #: No atomic rename: a registration writes its files in place, the card last.
+        self.object_store = self.scheme in _OBJECT_STORES
+        self._s3a = self.object_store and str(self.fs.getClass().getName()) == _S3A
 
     def path(self, location: str) -> Any:
         return self._hadoop.Path(location)
@@ -131,6 +144,38 @@ class Storage:
         stream = fs.create(self.path(location), True)
         stream.write(bytearray(data))
         stream.close()  # not on a failed write: an object store would upload the part
+
+    def create_new(self, location: str, text: str) -> bool:
+        """Create the file with ``text`` unless it exists; False when it does.
+
+        On S3A this is one conditional PUT (``If-None-Match: *``): of two writers, exactly
+        one succeeds, whatever the timing. Other object-store connectors get Hadoop's
+        ``create(overwrite=false)``, as atomic as the connector makes it (GCS and ABFS
+        send a create-if-absent precondition); HDFS refuses an existing file atomically.
+        """
+        path = self.path(location)
+        try:
+            if self._s3a:
+                builder = self.fs.createFile(path).overwrite(False)
+                builder.must(_S3A_CONDITIONAL_CREATE, True)
+                stream = builder.build()
+            else:
+                stream = self.fs.create(path, False)
+            stream.write(bytearray(text.encode("utf-8")))
+            stream.close()  # S3A sends the PUT, and learns of a refusal, here
+        except Py4JJavaError as error:
+            if self.is_java(error, "org.apache.hadoop.fs.FileAlreadyExistsException"):
+                return False
+            if self._s3a and self.is_java(
+                error, "org.apache.hadoop.fs.s3a.RemoteFileChangedException"
+            ):
+                return False  # 412 Precondition Failed: another writer created it first
+            raise
+        return True
+
+    def save_pipeline(self, model: PipelineModel, location: str) -> None:
+        """``model.write().save(location)``: the pipeline's files, written by Spark."""
+        model.write().save(location)
 
     def read_text(self, location: str, alias: bool = False) -> str | None:
         """The file's text, or None when it does not exist."""

@@ -3,9 +3,11 @@
 :func:`run_scoring` is what ``jobs/score.py`` (``spark-submit``) and ``sparkml-prod
 score`` do, in this order:
 
-1. resolve the model reference (``name@production`` or ``name/3``) ONCE, and the
-   challenger's if configured, and load the fitted pipelines, each verified against its
-   model card (file hashes, allowlisted stage classes) before it is loaded;
+1. resolve the model reference (``name@production`` or ``name/3`` in the directory
+   registry, ``models:/name@production`` or ``models:/name/3`` in MLflow's:
+   :mod:`sparkml_prod.registry.mlflow_registry`) ONCE, and the challenger's if
+   configured, and load the fitted pipelines, each verified against its model card
+   (file hashes, allowlisted stage classes) before it is loaded;
 2. build the scoring spine at the as-of instant (midnight UTC of ``as_of``): by default
    the population the model was trained on (the card's spine rule: every entity with an
    event of the training spine's source in its lookback before as-of), with
@@ -57,6 +59,7 @@ from sparkml_prod.core.time import naive_utc, require_utc_session, timestamp_lit
 from sparkml_prod.data.spine import active_entity_spine
 from sparkml_prod.monitoring.impact import assign_holdout
 from sparkml_prod.registry import ModelRegistry, ModelVersion
+from sparkml_prod.registry.mlflow_registry import is_mlflow_ref, load_mlflow_model
 from sparkml_prod.sinks.jdbc import ScoresSink, check_sink, prepare_target, upsert_scores
 
 __all__ = [
@@ -140,10 +143,25 @@ def _trained_refs(sources: Mapping[str, str]) -> dict[str, str]:
     return {(table_path(k) if is_path(k) else k): v for k, v in sources.items()}
 
 
-def load_model(registry: ModelRegistry, ref: str, sources: Mapping[str, str]) -> LoadedModel:
-    """Resolve ``ref`` once, verify and load its pipeline, point its sources as configured."""
-    version = registry.get(ref)
-    pipeline = registry.load_version(version)
+def load_model(
+    spark: SparkSession, config: ScoreConfig, ref: str, sources: Mapping[str, str]
+) -> LoadedModel:
+    """Resolve ``ref`` once (the directory registry, or MLflow's for ``models:/``), verify
+    and load its pipeline, point its sources as configured."""
+    if is_mlflow_ref(ref):
+        version, pipeline = load_mlflow_model(
+            spark, ref, config.mlflow, config.allowed_stage_classes
+        )
+    else:
+        if config.registry_root is None:
+            raise ConfigError(
+                f"model '{ref}' is a ref of the directory registry, but the score config "
+                "sets no registry_root: set it, or name an MLflow model "
+                "(models:/<name>@<alias>)."
+            )
+        registry = ModelRegistry(spark, config.registry_root, config.allowed_stage_classes)
+        version = registry.get(ref)
+        pipeline = registry.load_version(version)
     _retarget_sources(pipeline, sources)
     return LoadedModel(version, pipeline)
 
@@ -267,11 +285,10 @@ def run_scoring(spark: SparkSession, config: ScoreConfig, as_of: dt.date) -> Sco
     require_utc_session(spark, "run_scoring")
     sink = check_sink(config.jdbc_sink) if config.jdbc_sink else None
     instant = naive_utc(as_of)  # midnight UTC
-    registry = ModelRegistry(spark, config.registry_root, config.allowed_stage_classes)
     sources = _trained_refs(config.sources)
-    champion = load_model(registry, config.model, sources)
+    champion = load_model(spark, config, config.model, sources)
     challenger = (
-        load_model(registry, config.challenger.model, sources) if config.challenger else None
+        load_model(spark, config, config.challenger.model, sources) if config.challenger else None
     )
     if config.challenger and config.challenger.shadow and not config.challenger.shadow_table:
         raise ConfigError("challenger.shadow needs challenger.shadow_table to write into.")

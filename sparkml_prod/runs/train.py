@@ -60,7 +60,7 @@ from sparkml_prod.modeling.training import (
     random_search,
 )
 from sparkml_prod.monitoring.profile import ReferenceProfile, reference_profile
-from sparkml_prod.registry import ModelRegistry
+from sparkml_prod.registry import ModelRegistry, ModelVersion
 from sparkml_prod.registry.card import (
     CARD_SCHEMA_VERSION,
     DeployedModel,
@@ -70,6 +70,7 @@ from sparkml_prod.registry.card import (
     ModelCard,
     SpineRule,
 )
+from sparkml_prod.registry.mlflow_registry import MlflowTrainingRun, follow_promotion
 from sparkml_prod.runs.promotion import comparison_gate
 
 __all__ = [
@@ -254,6 +255,7 @@ def _card(
         pipeline_sha256={},
         deployed=deployed,
         run_date=None if run_date is None else f"{run_date:%Y-%m-%d}",
+        mlflow=None,
     )
 
 
@@ -275,6 +277,41 @@ def _deployed_fit(
     return refitted, DeployedModel("refit", snapshots, built.rows, trees), matrix
 
 
+def _promote(
+    spark: SparkSession,
+    config: TrainConfig,
+    plan: TrainingPlan,
+    built: TrainingMatrix,
+    registry: ModelRegistry,
+    version: ModelVersion,
+    metrics: dict[str, Any],
+    search: SearchResult,
+) -> tuple[str | None, str | None]:
+    """Move ``promote_to`` to the new version through the gate: (alias or None, note)."""
+    if not config.promote_to:
+        return None, None
+    labelled_test = (
+        built.read(spark)
+        .where(F.col(SPLIT_COL) == "test")
+        .select(config.spine.entity_col, "as_of", "label")
+    )
+    gate = comparison_gate(
+        registry,
+        labelled_test,
+        float(metrics[search.metric]),
+        search.metric,
+        config.promotion_margin,
+        candidate_fit="time-gapped fit, before its refit" if config.refit else None,
+        test_dates=plan.split.test,
+    )
+    try:
+        registry.promote(config.model_name, version.version, config.promote_to, gate=gate)
+    except PromotionRefusedError as exc:
+        log.warning("%s", exc)
+        return None, str(exc)
+    return config.promote_to, f"promoted to {config.promote_to}"
+
+
 def run_training(
     spark: SparkSession, config: TrainConfig, run_date: dt.date | None = None
 ) -> TrainingRun:
@@ -289,6 +326,8 @@ def run_training(
     started = time.perf_counter()
     config = absolute_tables(config)
     plan = plan_training(spark, config)
+    # MLflow installed and its tracking server named, before any data is read.
+    tracking = MlflowTrainingRun(config.mlflow, config.model_name) if config.mlflow else None
     registry = ModelRegistry(spark, config.registry_root, config.allowed_stage_classes)
     # The versions every read of this run is pinned to, recorded before anything is read.
     versions = source_versions(
@@ -413,29 +452,27 @@ def run_training(
         feature_importance=importance,
         extra_sections=extra,
     )
-    version = registry.register(config.model_name, final, card, report_dir=config.report_dir)
-    promoted, note = None, None
-    if config.promote_to:
-        labelled_test = (
-            built.read(spark)
-            .where(F.col(SPLIT_COL) == "test")
-            .select(config.spine.entity_col, "as_of", "label")
-        )
-        gate = comparison_gate(
-            registry,
-            labelled_test,
-            float(metrics[search.metric]),
-            search.metric,
-            config.promotion_margin,
-            candidate_fit="time-gapped fit, before its refit" if config.refit else None,
-            test_dates=plan.split.test,
-        )
+    if tracking is None:
+        version = registry.register(config.model_name, final, card, report_dir=config.report_dir)
+        promoted, note = _promote(spark, config, plan, built, registry, version, metrics, search)
+    else:
+        tracking.start(config, card, config.report_dir)
         try:
-            registry.promote(config.model_name, version.version, config.promote_to, gate=gate)
-            promoted, note = config.promote_to, f"promoted to {config.promote_to}"
-        except PromotionRefusedError as exc:
-            note = str(exc)
-            log.warning("%s", exc)
+            # MLflow first: the card the directory registry writes records the MLflow version.
+            card = dataclasses.replace(card, mlflow=tracking.log_model(spark, final, card))
+            version = registry.register(
+                config.model_name, final, card, report_dir=config.report_dir
+            )
+            tracking.log_card(version)
+            promoted, note = _promote(
+                spark, config, plan, built, registry, version, metrics, search
+            )
+            if promoted:
+                follow_promotion(version, promoted)
+        except BaseException:
+            tracking.end(failed=True)
+            raise
+        tracking.end(failed=False)
     timings["total_s"] = time.perf_counter() - started
     return TrainingRun(
         model_name=config.model_name,
