@@ -79,6 +79,6 @@ def test_a_config_error_exits_2_with_the_key_named(
     assert main(["score", "--config", str(config), "--as-of", "2024-06-01"]) == 2
     assert capsys.readouterr().err == (
         f"sparkml-prod score: error: {config}: unknown key 'show'; expected one of: "
-        "allow_empty, allowed_stage_classes, challenger, features_table, holdout, mlflow, "
-        "model, output_table, registry_root, sources, spine.\n"
+        "allow_empty, allowed_stage_classes, challenger, features_table, holdout, jdbc_sink, "
+        "mlflow, model, output_table, registry_root, sources, spine.\n"
     )
