@@ -483,6 +483,7 @@ class JdbcSinkConfig:
     write_partitions: int = 2
 
 
+@dataclasses.dataclass(frozen=True)
 class MlflowScoreConfig:
     """Where ``models:/name@alias`` and ``models:/name/3`` refs are resolved (needs the
     ``mlflow`` extra): the tracking server at ``tracking_uri`` (default: the
