@@ -38,7 +38,7 @@ from sparkml_prod.core.time import timestamp_lit
 from sparkml_prod.features import WindowAggregates
 from sparkml_prod.registry import ModelRegistry
 from sparkml_prod.runs.score import run_scoring
-from sparkml_prod.sinks.jdbc import ScoresSink, check_sink, upsert_scores
+from sparkml_prod.sinks.jdbc import COLUMNS, ScoresSink, check_sink, upsert_scores
 
 T = dt.datetime
 A, B = dt.date(2024, 3, 10), dt.date(2024, 3, 20)
@@ -480,3 +480,9 @@ def test_a_submitted_job_killed_mid_swap_leaves_the_previous_rows(
     assert rows(postgres, table) == V2_AT_A
     assert run_ids(postgres, table) == [("2024-03-10", rerun.run_id)]
     assert staging_tables(postgres, table) == []
+
+
+def test_the_target_table_has_the_scores_tables_columns_in_order() -> None:
+    # The sink declares its table's columns next to their SQL types (it cannot import the
+    # scoring job, which imports it): they must stay the scores table's, in its order.
+    assert COLUMNS == score_module.OUTPUT_COLUMNS

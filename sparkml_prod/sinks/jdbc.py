@@ -56,6 +56,7 @@ _MAX_TABLE = _MAX_IDENTIFIER - len(_STAGING_SUFFIX) - 8
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Spark type of user_id -> the target column's type.
 _ID_TYPES = {"bigint": "bigint", "int": "integer", "smallint": "smallint", "string": "text"}
+# The scores table's columns (runs.score.OUTPUT_COLUMNS, which imports this module), in order.
 COLUMNS = (
     "user_id",
     "as_of",
